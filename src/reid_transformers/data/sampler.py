@@ -1,0 +1,120 @@
+"""Identity-balanced batch sampling for metric learning (P identities x K images)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+class PKSampler(Sampler[list[int]]):
+    """Batch sampler: every batch holds ``P`` identities with ``K`` images each.
+
+    Triplet losses with hard mining need several images of each identity in a batch; this
+    is the sampler every re-ID recipe uses for that. One epoch visits every identity's
+    images once in groups of ``K`` (a remainder smaller than ``K`` is left for a later
+    epoch's shuffle); an identity with fewer than ``K`` images contributes all of them plus
+    repeats drawn at random, the only case where an image is sampled twice in a group.
+    Groups are then dealt into batches of ``P`` distinct identities.
+
+    Distributed: every rank builds the same epoch from ``seed + epoch`` and takes every
+    ``num_replicas``-th batch starting at ``rank``, so ranks see disjoint batches and the
+    same number of them. Call :meth:`set_epoch` before each epoch for a new shuffle.
+
+    Args:
+        pids: identity label of every dataset index (any integers).
+        num_identities: ``P``, identities per batch.
+        num_instances: ``K``, images per identity per batch.
+        seed: base seed of the shuffle.
+        num_replicas: world size; default from ``torch.distributed`` when initialised, else 1.
+        rank: this process's rank; default likewise.
+    """
+
+    def __init__(
+        self,
+        pids: Sequence[int] | np.ndarray | torch.Tensor,
+        num_identities: int,
+        num_instances: int,
+        *,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if num_identities < 1 or num_instances < 1:
+            raise ValueError(
+                f"num_identities (P) and num_instances (K) must be >= 1, got P={num_identities},"
+                f" K={num_instances}"
+            )
+        distributed = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if distributed else 1
+        if rank is None:
+            rank = dist.get_rank() if distributed else 0
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        labels = np.asarray(pids.cpu() if isinstance(pids, torch.Tensor) else pids)
+        if labels.ndim != 1 or len(labels) == 0:
+            raise ValueError(f"pids must be a non-empty 1-D sequence, got shape {labels.shape}")
+        identities, inverse = np.unique(labels, return_inverse=True)
+        if len(identities) < num_identities:
+            raise ValueError(
+                f"num_identities={num_identities} per batch but the dataset has only "
+                f"{len(identities)} identities"
+            )
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.cumsum(np.bincount(inverse))[:-1]
+        self.index_groups = np.split(order, bounds)  # dataset indices of each identity
+        self.num_identities = num_identities
+        self.num_instances = num_instances
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self._cached: tuple[int, list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle of ``epoch`` (same on every rank)."""
+        self.epoch = epoch
+
+    def _epoch_batches(self) -> list[list[int]]:
+        if self._cached is None or self._cached[0] != self.epoch:
+            self._cached = (self.epoch, self._build_epoch())
+        return self._cached[1]
+
+    def _build_epoch(self) -> list[list[int]]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        k = self.num_instances
+        chunks: list[list[np.ndarray]] = []
+        for indices in self.index_groups:
+            indices = rng.permutation(indices)
+            if len(indices) < k:
+                extra = rng.choice(indices, size=k - len(indices), replace=True)
+                indices = np.concatenate([indices, extra])
+            num_chunks = len(indices) // k
+            chunks.append([indices[i * k : (i + 1) * k] for i in range(num_chunks)])
+
+        batches: list[list[int]] = []
+        remaining = np.array([len(c) for c in chunks])
+        while (remaining > 0).sum() >= self.num_identities:
+            # Identities with more groups left are drawn more often, so long-tailed
+            # identities do not all end up crowded into the last batches.
+            available = np.flatnonzero(remaining)
+            weights = remaining[available] / remaining[available].sum()
+            chosen = rng.choice(available, size=self.num_identities, replace=False, p=weights)
+            batch = []
+            for identity in chosen:
+                remaining[identity] -= 1
+                batch.extend(chunks[identity][remaining[identity]].tolist())
+            batches.append(batch)
+        usable = len(batches) - len(batches) % self.num_replicas
+        return batches[:usable]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._epoch_batches()[self.rank :: self.num_replicas]
+
+    def __len__(self) -> int:
+        """Batches this rank yields in the current epoch."""
+        return len(self._epoch_batches()) // self.num_replicas

@@ -1,0 +1,1 @@
+"""Folder that `evaluate.load` takes; see `reid_metric.py`."""

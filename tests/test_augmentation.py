@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reid_transformers.data import (
+    BatchAugmentation,
+    pad_random_crop,
+    random_erasing,
+    random_horizontal_flip,
+)
+
+
+def batch(dtype=torch.uint8, b=16, h=32, w=16):
+    g = torch.Generator().manual_seed(0)
+    if dtype == torch.uint8:
+        return torch.randint(0, 256, (b, 3, h, w), generator=g, dtype=torch.uint8)
+    return torch.randn(b, 3, h, w, generator=g)
+
+
+def test_flip_mirrors_exactly_the_chosen_images():
+    x = batch()
+    out = random_horizontal_flip(x, p=0.5, generator=torch.Generator().manual_seed(1))
+    flipped = [bool((out[i] == x[i].flip(-1)).all()) for i in range(len(x))]
+    kept = [bool((out[i] == x[i]).all()) for i in range(len(x))]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
+    assert 0 < sum(flipped) < len(x)
+    assert torch.equal(random_horizontal_flip(x, p=0.0), x)
+    assert torch.equal(random_horizontal_flip(x, p=1.0), x.flip(-1))
+
+
+def test_pad_crop_is_a_translation_with_fill():
+    x = batch(torch.float32, b=8)
+    out = pad_random_crop(x, padding=3, generator=torch.Generator().manual_seed(2))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    padded = torch.nn.functional.pad(x, (3, 3, 3, 3))
+    for i in range(len(x)):
+        offsets = [
+            (t, left) for t in range(7) for left in range(7)
+            if torch.equal(padded[i, :, t : t + 32, left : left + 16], out[i])
+        ]
+        assert offsets, f"image {i} is not a crop of its padded version"
+    assert torch.equal(pad_random_crop(x, padding=0), x)
+
+
+def test_random_erasing_replaces_one_rectangle():
+    x = torch.zeros(32, 3, 32, 16)
+    out = random_erasing(x, p=1.0, value=1.0, generator=torch.Generator().manual_seed(3))
+    for img in out:
+        mask = img[0] == 1
+        assert mask.any()
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        box = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+        assert box.all(), "erased region must be one rectangle"
+        area = box.numel() / mask.numel()
+        assert 0.01 <= area <= 0.45
+        assert torch.equal(img[0], img[1])  # same rectangle on every channel
+    assert torch.equal(random_erasing(x, p=0.0), x)
+
+
+def test_random_erasing_fill_values_and_dtypes():
+    x = batch(torch.uint8)
+    out = random_erasing(x, p=1.0, generator=torch.Generator().manual_seed(4))
+    assert out.dtype == torch.uint8 and not torch.equal(out, x)
+    per_channel = random_erasing(
+        torch.zeros(4, 3, 32, 16), p=1.0, value=(0.1, 0.2, 0.3),
+        generator=torch.Generator().manual_seed(5),
+    )
+    assert per_channel[:, 2].unique().tolist() == pytest.approx([0.0, 0.3])
+    with pytest.raises(ValueError, match="1 or 3 numbers"):
+        random_erasing(x, p=1.0, value=(1, 2))
+    with pytest.raises(ValueError, match="'random'"):
+        random_erasing(x, value="mean")
+
+
+def test_batch_augmentation_is_seeded():
+    x = batch()
+    a = BatchAugmentation(seed=7)
+    b = BatchAugmentation(seed=7)
+    first = a(x)
+    assert torch.equal(first, b(x))
+    assert not torch.equal(a(x), first)  # the generator advances between calls
+    assert first.shape == x.shape and first.dtype == x.dtype
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: random_horizontal_flip(torch.zeros(3, 8, 8)), r"\(B, C, H, W\)"),
+        (lambda: random_horizontal_flip(torch.zeros(1, 3, 8, 8, dtype=torch.int32)), "uint8 or"),
+        (lambda: random_horizontal_flip(torch.zeros(1, 3, 8, 8), p=1.5), "probability"),
+        (lambda: pad_random_crop(torch.zeros(1, 3, 8, 8), padding=-1), "padding must be"),
+        (lambda: random_erasing(torch.zeros(1, 3, 8, 8), area=(0.5, 0.1)), "area must"),
+        (lambda: BatchAugmentation(erasing_p=2), "erasing_p"),
+    ],
+)
+def test_bad_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
