@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from reid_transformers import utils as utils_module
 from reid_transformers.retrieval import index as index_module
 from reid_transformers.retrieval.index import FORMAT_VERSION, GalleryIndex, SearchResult
 
@@ -403,8 +404,8 @@ def test_failure_to_delete_previous_save_only_warns(tmp_path, monkeypatch, galle
     def failing_rmtree(path):
         raise OSError(f"busy: {path}")
 
-    monkeypatch.setattr(index_module.shutil, "rmtree", failing_rmtree)
-    with pytest.warns(RuntimeWarning, match=r"could not delete the previous version.*busy"):
+    monkeypatch.setattr(utils_module.shutil, "rmtree", failing_rmtree)
+    with pytest.warns(RuntimeWarning, match=r"previous version.*could not be deleted.*busy"):
         _build(gallery[:20]).save(tmp_path / "saved")
     monkeypatch.undo()
     assert len(GalleryIndex.load(tmp_path / "saved")) == 20
@@ -413,14 +414,14 @@ def test_failure_to_delete_previous_save_only_warns(tmp_path, monkeypatch, galle
 def test_crash_while_swapping_keeps_previous_save(tmp_path, monkeypatch, gallery, queries):
     old = _build(gallery[:100])
     old.save(tmp_path / "saved")
-    real_rename = os.rename
+    real_replace = os.replace
 
-    def failing_rename(source, destination):
+    def failing_replace(source, destination):
         if Path(source).name.startswith(".saved.tmp-"):
             raise OSError("simulated crash between renames")
-        real_rename(source, destination)
+        real_replace(source, destination)
 
-    monkeypatch.setattr(index_module.os, "rename", failing_rename)
+    monkeypatch.setattr(utils_module.os, "replace", failing_replace)
     with pytest.raises(OSError, match="simulated crash"):
         _build(gallery).save(tmp_path / "saved")
     monkeypatch.undo()
