@@ -1,3 +1,28 @@
-"""Person re-identification in the Hugging Face ecosystem."""
+"""Person re-identification in the Hugging Face ecosystem.
+
+Importing the package registers every architecture with ``AutoConfig``, ``AutoModel`` and
+``AutoImageProcessor``.
+"""
 
 __version__ = "0.1.0.dev0"
+
+from .backbones import load_vit_pretrained  # noqa: E402
+from .image_processing_reid import ReIDImageProcessor, ViTReIDImageProcessor  # noqa: E402
+from .modeling_outputs import ReIDModelOutput  # noqa: E402
+from .models import (  # noqa: E402  (registers the Auto classes)
+    ARCHITECTURES,
+    LATransformerConfig,
+    LATransformerImageProcessor,
+    LATransformerModel,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "LATransformerConfig",
+    "LATransformerImageProcessor",
+    "LATransformerModel",
+    "ReIDImageProcessor",
+    "ReIDModelOutput",
+    "ViTReIDImageProcessor",
+    "load_vit_pretrained",
+]

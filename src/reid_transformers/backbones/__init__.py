@@ -1,0 +1,21 @@
+"""Backbones shared by the re-ID models, with loaders for third-party weights."""
+
+from __future__ import annotations
+
+from .vit import (
+    LoadReport,
+    ViTBackbone,
+    ViTEmbeddings,
+    ViTEncoder,
+    ViTLayer,
+    load_vit_pretrained,
+)
+
+__all__ = [
+    "LoadReport",
+    "ViTBackbone",
+    "ViTEmbeddings",
+    "ViTEncoder",
+    "ViTLayer",
+    "load_vit_pretrained",
+]

@@ -1,0 +1,1112 @@
+"""Compact Vision Transformer (ViT) backbone, with loaders for Hugging Face and timm weights.
+
+The backbone computes the standard pre-norm ViT of Dosovitskiy et al. (2021) as used by
+TransReID, LA-Transformer and AAformer:
+
+    x = [CLS; Conv2d(pixels) flattened row-major] + position embeddings   (B, 1+N, D)
+    repeat num_hidden_layers times:
+        x = x + drop_path(attention(norm1(x)))
+        x = x + drop_path(mlp(norm2(x)))
+    last_hidden_state = layernorm(x)
+
+with B the batch size, N = rows * cols patch tokens and D = ``hidden_size``. Patches may
+overlap (``patch_stride < patch_size``); the position grid of the configured image size is
+resized bilinearly on the fly for inputs of other sizes, and at load time for checkpoints
+trained at other sizes.
+
+Attention goes through transformers' attention interface: ``config._attn_implementation``
+selects ``"eager"`` (this module's `eager_attention_forward`, the only path that returns
+attention weights) or ``"sdpa"`` (`torch.nn.functional.scaled_dot_product_attention`).
+
+Weights: `load_vit_pretrained` reads a Hugging Face ViT checkpoint (a local folder or a Hub
+repository id), a timm-format state dict file (``.safetensors``, or ``.pth``/``.pt``/``.bin``
+read with ``torch.load(weights_only=True)``), or an in-memory state dict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Literal, TypeAlias
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HFValidationError, StrictDataclassError
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedConfig, ViTConfig
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+__all__ = [
+    "DropPath",
+    "LoadReport",
+    "SourceFormat",
+    "ViTAttention",
+    "ViTBackbone",
+    "ViTEmbeddings",
+    "ViTEncoder",
+    "ViTLayer",
+    "ViTMLP",
+    "ViTSelfAttention",
+    "eager_attention_forward",
+    "load_vit_pretrained",
+    "resize_position_embeddings",
+]
+
+logger = logging.getLogger(__name__)
+
+SourceFormat: TypeAlias = Literal["huggingface", "timm", "reid_transformers"]
+StateDict: TypeAlias = Mapping[str, torch.Tensor]
+
+#: Standard deviation of the truncated-normal init of the class token and the position
+#: embeddings when the config has no ``initializer_range`` (the ViT / timm value).
+_DEFAULT_INIT_STD = 0.02
+
+
+def _image_pair(value: object, name: str) -> tuple[int, int]:
+    """``value`` as (height, width); ``name`` is the config field, for the error message."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return int(value[0]), int(value[1])
+    raise ValueError(
+        f"config.{name} must be an int or a (height, width) pair of ints, got {value!r}"
+    )
+
+
+def _positive_int(config: PreTrainedConfig, name: str) -> int:
+    value = getattr(config, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"config.{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _probability(config: PreTrainedConfig, name: str) -> float:
+    value = getattr(config, name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+        raise ValueError(f"config.{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _attention_implementation(config: PreTrainedConfig) -> str:
+    # A config that never went through PreTrainedModel.__init__ (a backbone used on its own)
+    # has no implementation chosen yet; eager is what transformers falls back to as well.
+    return getattr(config, "_attn_implementation", None) or "eager"
+
+
+def resize_position_embeddings(
+    position_embeddings: torch.Tensor,
+    source_grid: tuple[int, int],
+    target_grid: tuple[int, int],
+) -> torch.Tensor:
+    """Resize a class-token + patch-grid position table to another grid.
+
+    The patch entries are viewed as a ``source_grid`` image with D channels (row-major, as
+    the patch tokens are ordered) and resized bilinearly (``align_corners=False``, no
+    antialiasing, as TransReID does); the class-token entry is kept unchanged.
+
+    Args:
+        position_embeddings: ``(1, 1 + rows * cols, D)`` for ``source_grid = (rows, cols)``.
+        source_grid: (rows, cols) of the patch grid the table was trained for.
+        target_grid: (rows, cols) of the wanted patch grid.
+
+    Returns:
+        ``(1, 1 + target_rows * target_cols, D)``, same dtype and device as the input;
+        differentiable with respect to ``position_embeddings``.
+    """
+    if position_embeddings.ndim != 3 or position_embeddings.shape[0] != 1:
+        raise ValueError(
+            "position_embeddings must have shape (1, 1 + rows * cols, hidden_size), got "
+            f"{tuple(position_embeddings.shape)}"
+        )
+    for name, grid in (("source_grid", source_grid), ("target_grid", target_grid)):
+        if len(grid) != 2 or any(not isinstance(n, int) or n < 1 for n in grid):
+            raise ValueError(f"{name} must be a pair of positive ints (rows, cols), got {grid!r}")
+    rows, cols = source_grid
+    num_patches = position_embeddings.shape[1] - 1
+    if num_patches != rows * cols:
+        raise ValueError(
+            f"position_embeddings hold {num_patches} patch entries (plus the class token), "
+            f"which is not source_grid {rows}x{cols} = {rows * cols}"
+        )
+    if tuple(source_grid) == tuple(target_grid):
+        return position_embeddings
+    dim = position_embeddings.shape[-1]
+    class_entry, patch_entries = position_embeddings[:, :1], position_embeddings[:, 1:]
+    grid = patch_entries.reshape(1, rows, cols, dim).permute(0, 3, 1, 2)  # (1, D, rows, cols)
+    # Interpolate in float32: bilinear weights in half precision visibly round the table.
+    grid = F.interpolate(
+        grid.float(), size=tuple(target_grid), mode="bilinear", align_corners=False
+    )
+    patch_entries = grid.to(position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat((class_entry, patch_entries), dim=1)
+
+
+class ViTEmbeddings(nn.Module):
+    """Patch embedding, class token and (resizable) learned position embeddings.
+
+    Config fields read: ``image_size``, ``patch_size``, ``patch_stride``, ``num_channels``,
+    ``hidden_size``, ``hidden_dropout_prob`` (and ``initializer_range`` if present).
+
+    Attributes:
+        projection: ``Conv2d(num_channels, hidden_size, kernel=patch_size, stride=patch_stride)``.
+        cls_token: ``(1, 1, hidden_size)``.
+        position_embeddings: ``(1, 1 + rows * cols, hidden_size)`` for `position_grid`.
+        position_grid: (rows, cols) of the configured ``image_size``.
+    """
+
+    def __init__(self, config: PreTrainedConfig) -> None:
+        super().__init__()
+        self.patch_size = _positive_int(config, "patch_size")
+        self.patch_stride = _positive_int(config, "patch_stride")
+        if self.patch_stride > self.patch_size:
+            raise ValueError(
+                f"config.patch_stride ({self.patch_stride}) must not exceed config.patch_size "
+                f"({self.patch_size}): a larger stride would skip pixels between patches"
+            )
+        self.num_channels = _positive_int(config, "num_channels")
+        hidden_size = _positive_int(config, "hidden_size")
+        height, width = _image_pair(config.image_size, "image_size")
+        if min(height, width) < self.patch_size:
+            raise ValueError(
+                f"config.image_size {height}x{width} is smaller than one {self.patch_size}x"
+                f"{self.patch_size} patch"
+            )
+        self.position_grid: tuple[int, int] = self.grid_size(height, width)
+        rows, cols = self.position_grid
+
+        self.projection = nn.Conv2d(
+            self.num_channels, hidden_size, kernel_size=self.patch_size, stride=self.patch_stride
+        )
+        self.cls_token = nn.Parameter(torch.empty(1, 1, hidden_size))
+        self.position_embeddings = nn.Parameter(torch.empty(1, 1 + rows * cols, hidden_size))
+        self.dropout = nn.Dropout(_probability(config, "hidden_dropout_prob"))
+        std = getattr(config, "initializer_range", _DEFAULT_INIT_STD)
+        nn.init.trunc_normal_(self.cls_token, std=std)
+        nn.init.trunc_normal_(self.position_embeddings, std=std)
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid (rows, cols) for an image of ``height`` x ``width`` pixels.
+
+        rows = (height - patch_size) // patch_stride + 1 (likewise cols): the convolution's
+        output size, so trailing pixels that do not fill a whole patch are not seen.
+        """
+        if height < self.patch_size or width < self.patch_size:
+            raise ValueError(
+                f"image of {height}x{width} pixels is smaller than one {self.patch_size}x"
+                f"{self.patch_size} patch"
+            )
+        return (
+            (height - self.patch_size) // self.patch_stride + 1,
+            (width - self.patch_size) // self.patch_stride + 1,
+        )
+
+    def position_embeddings_for_grid(self, rows: int, cols: int) -> torch.Tensor:
+        """Position table ``(1, 1 + rows * cols, hidden_size)`` for a (rows, cols) patch grid.
+
+        The learned table itself when the grid is `position_grid`, else its bilinear resize
+        (see `resize_position_embeddings`); gradients flow to the learned table either way.
+        """
+        return resize_position_embeddings(
+            self.position_embeddings, self.position_grid, (rows, cols)
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Embed images.
+
+        Args:
+            pixel_values: ``(B, num_channels, H, W)``, normalised pixels; cast to the
+                projection's dtype.
+
+        Returns:
+            ``(B, 1 + rows * cols, hidden_size)``: the class token, then the patch tokens in
+            row-major order, position embeddings added, dropout applied.
+        """
+        if pixel_values.ndim != 4:
+            raise ValueError(
+                "pixel_values must have shape (batch, channels, height, width), got "
+                f"{tuple(pixel_values.shape)}"
+            )
+        batch_size, channels, height, width = pixel_values.shape
+        if channels != self.num_channels:
+            raise ValueError(
+                f"pixel_values have {channels} channels, expected config.num_channels = "
+                f"{self.num_channels}"
+            )
+        rows, cols = self.grid_size(height, width)
+        patches = self.projection(pixel_values.to(self.projection.weight.dtype))  # (B, D, r, c)
+        patches = patches.flatten(2).transpose(1, 2)  # (B, r * c, D), row-major
+        cls_tokens = self.cls_token.expand(batch_size, -1, -1)
+        embeddings = torch.cat((cls_tokens, patches), dim=1)
+        embeddings = embeddings + self.position_embeddings_for_grid(rows, cols)
+        return self.dropout(embeddings)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: object,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention with the signature of transformers' attention interface.
+
+    Args:
+        module: the calling attention module (its ``training`` flag gates dropout).
+        query, key, value: ``(B, heads, T, head_dim)``.
+        attention_mask: additive float mask broadcastable to ``(B, heads, T, T)`` or None.
+        scaling: multiplier of the scores, ``head_dim ** -0.5``.
+        dropout: dropout probability on the attention weights.
+        **kwargs: further interface arguments, unused here.
+
+    Returns:
+        ``(context, weights)``: context ``(B, T, heads, head_dim)`` and the post-softmax
+        (pre-dropout) weights ``(B, heads, T, T)``.
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, h, T, T)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    # Softmax in float32 so half-precision scores neither overflow nor lose the small weights.
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    context = torch.matmul(F.dropout(weights, p=dropout, training=module.training), value)
+    return context.transpose(1, 2).contiguous(), weights
+
+
+class ViTSelfAttention(nn.Module):
+    """Multi-head scaled dot-product attention core with a fused query/key/value projection.
+
+    Config fields read: ``hidden_size``, ``num_attention_heads``, ``qkv_bias``,
+    ``attention_probs_dropout_prob``, ``_attn_implementation`` (read at every call, so
+    ``model.set_attn_implementation(...)`` takes effect at once).
+
+    Attributes:
+        qkv: ``Linear(D, 3 * D)``; output rows are [queries; keys; values], each head-major.
+    """
+
+    def __init__(self, config: PreTrainedConfig) -> None:
+        super().__init__()
+        hidden_size = _positive_int(config, "hidden_size")
+        self.num_attention_heads = _positive_int(config, "num_attention_heads")
+        if hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"config.hidden_size ({hidden_size}) must be divisible by "
+                f"config.num_attention_heads ({self.num_attention_heads})"
+            )
+        self.config = config
+        self.head_dim = hidden_size // self.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = _probability(config, "attention_probs_dropout_prob")
+        # transformers' SDPA wrapper treats a module without this flag as causal.
+        self.is_causal = False
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=bool(config.qkv_bias))
+
+    def project_qkv(
+        self, hidden_states: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values ``(B, heads, T, head_dim)`` each, from ``(B, T, D)``."""
+        batch_size, length, _ = hidden_states.shape
+        qkv = self.qkv(hidden_states).reshape(
+            batch_size, length, 3, self.num_attention_heads, self.head_dim
+        )
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, T, hd)
+        return query, key, value
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend.
+
+        Args:
+            hidden_states: ``(B, T, D)``.
+            attention_mask: additive float mask (0 = attend, ``-inf`` = blocked),
+                broadcastable to ``(B, heads, T, T)``; a query row must keep at least one key.
+            output_attentions: return the attention weights; needs the eager implementation.
+
+        Returns:
+            ``(context, weights)``: context ``(B, T, D)`` (heads concatenated, before the
+            output projection); weights ``(B, heads, T, T)`` or None.
+        """
+        implementation = _attention_implementation(self.config)
+        if output_attentions and implementation != "eager":
+            raise ValueError(
+                "output_attentions=True needs config._attn_implementation == 'eager', got "
+                f"{implementation!r}; call model.set_attn_implementation('eager') first"
+            )
+        batch_size, length, hidden_size = hidden_states.shape
+        query, key, value = self.project_qkv(hidden_states)
+        if attention_mask is not None:
+            attention_mask = self._checked_mask(attention_mask, query)
+        attention: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] = (
+            ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        )
+        context, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )
+        context = context.reshape(batch_size, length, hidden_size)  # (B, T, h, hd) -> (B, T, D)
+        return context, (weights if output_attentions else None)
+
+    def _checked_mask(self, attention_mask: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        batch_size, heads, length, _ = query.shape
+        expected = (batch_size, heads, length, length)
+        if not attention_mask.is_floating_point():
+            raise ValueError(
+                "attention_mask must be an additive float mask (0 to attend, -inf to block), "
+                f"got dtype {attention_mask.dtype}"
+            )
+        shape = tuple(attention_mask.shape)
+        if len(shape) != 4 or any(n not in (1, m) for n, m in zip(shape, expected, strict=True)):
+            raise ValueError(
+                f"attention_mask of shape {shape} does not broadcast to "
+                f"(batch, heads, tokens, tokens) = {expected}"
+            )
+        # SDPA requires the mask in the query's dtype; -inf survives the cast.
+        return attention_mask.to(query.dtype)
+
+
+class ViTAttention(nn.Module):
+    """`ViTSelfAttention` followed by the output projection and its dropout.
+
+    Attributes:
+        attention: the `ViTSelfAttention` core.
+        proj: ``Linear(D, D)`` output projection.
+    """
+
+    def __init__(self, config: PreTrainedConfig) -> None:
+        super().__init__()
+        self.attention = ViTSelfAttention(config)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(_probability(config, "hidden_dropout_prob"))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B, T, D)`` -> ``((B, T, D), weights (B, heads, T, T) or None)``; see
+        `ViTSelfAttention.forward` for the mask and the weights."""
+        context, weights = self.attention(hidden_states, attention_mask, output_attentions)
+        return self.dropout(self.proj(context)), weights
+
+
+class ViTMLP(nn.Module):
+    """Position-wise feed-forward block: fc1 -> activation -> fc2 -> dropout.
+
+    Config fields read: ``hidden_size``, ``intermediate_size``, ``hidden_act`` (a name in
+    transformers' ``ACT2FN``, e.g. ``"gelu"``: exact erf GELU, as timm's ``nn.GELU``),
+    ``hidden_dropout_prob``.
+    """
+
+    def __init__(self, config: PreTrainedConfig) -> None:
+        super().__init__()
+        if config.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"config.hidden_act {config.hidden_act!r} is not a transformers activation; "
+                f"expected one of {sorted(ACT2FN)}"
+            )
+        self.fc1 = nn.Linear(config.hidden_size, _positive_int(config, "intermediate_size"))
+        self.activation = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(_probability(config, "hidden_dropout_prob"))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``(..., D)`` -> ``(..., D)``."""
+        return self.dropout(self.fc2(self.activation(self.fc1(hidden_states))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a whole residual branch per sample.
+
+    Each sample's branch is kept with probability ``1 - drop_prob`` and then scaled by
+    ``1 / (1 - drop_prob)`` so its expectation is unchanged; identity in eval mode.
+    """
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob!r}")
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``(B, ...)`` -> ``(B, ...)``, the same tensor in eval mode or when drop_prob is 0."""
+        if not self.training or self.drop_prob == 0.0:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        # One draw per sample, broadcast over tokens and channels.
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        keep = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+        return hidden_states * keep / keep_prob
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class ViTLayer(GradientCheckpointingLayer):
+    """One pre-norm transformer block.
+
+        x = x + drop_path(attention(norm1(x)))
+        x = x + drop_path(mlp(norm2(x)))
+
+    Gradient checkpointing (inherited from transformers' ``GradientCheckpointingLayer``):
+    when ``gradient_checkpointing`` is set and the layer is training, its activations are
+    recomputed in the backward pass. The RNG state is replayed, so dropout and drop-path
+    masks are identical in the recomputation.
+
+    Config fields read: those of `ViTAttention` and `ViTMLP`, plus ``layer_norm_eps``.
+    """
+
+    def __init__(self, config: PreTrainedConfig, drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = ViTAttention(config)
+        self.drop_path = DropPath(drop_path_rate)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ViTMLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Apply the block.
+
+        Args:
+            hidden_states: ``(B, T, D)``.
+            attention_mask: optional additive float mask broadcastable to ``(B, heads, T, T)``
+                (0 = attend, ``-inf`` = blocked); per-head masks are allowed.
+            output_attentions: also return the attention weights (eager implementation only;
+                other implementations raise ValueError).
+
+        Returns:
+            ``(hidden_states (B, T, D), attention weights (B, heads, T, T) or None)``.
+        """
+        attention_output, weights = self.attention(
+            self.norm1(hidden_states), attention_mask, output_attentions
+        )
+        hidden_states = hidden_states + self.drop_path(attention_output)
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+        return hidden_states, weights
+
+
+def _drop_path_rates(rate: float, num_layers: int) -> list[float]:
+    # Linear 0 -> rate over the blocks, as timm's torch.linspace(0, rate, depth); plain Python
+    # because models are built on the meta device when loaded (no tensor values there).
+    if num_layers == 1:
+        return [0.0]
+    return [rate * index / (num_layers - 1) for index in range(num_layers)]
+
+
+class ViTEncoder(nn.Module):
+    """The stack of `ViTLayer` blocks (no final norm).
+
+    Config fields read: ``num_hidden_layers``, ``drop_path_rate`` (stochastic depth rising
+    linearly from 0 at the first block to the rate at the last), and those of `ViTLayer`.
+
+    ``gradient_checkpointing`` reads/sets the flag of every layer, so both
+    ``PreTrainedModel.gradient_checkpointing_enable()`` (which also installs its checkpoint
+    function on each layer) and a plain ``encoder.gradient_checkpointing = True`` (which
+    falls back to non-reentrant ``torch.utils.checkpoint``) work.
+    """
+
+    def __init__(self, config: PreTrainedConfig) -> None:
+        super().__init__()
+        rates = _drop_path_rates(
+            _probability(config, "drop_path_rate"), _positive_int(config, "num_hidden_layers")
+        )
+        self.layers = nn.ModuleList([ViTLayer(config, drop_path_rate=rate) for rate in rates])
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether any layer recomputes its activations in the backward pass (training only)."""
+        return any(layer.gradient_checkpointing for layer in self.layers)
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        for layer in self.layers:
+            if enabled and not hasattr(layer, "_gradient_checkpointing_func"):
+                layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+            layer.gradient_checkpointing = enabled
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BaseModelOutput:
+        """Run all blocks.
+
+        Args:
+            hidden_states: ``(B, T, D)`` token embeddings.
+            attention_mask: optional additive float mask broadcastable to
+                ``(B, heads, T, T)``, used by every layer.
+            output_hidden_states: also return the input and every layer's output.
+            output_attentions: also return every layer's attention weights (eager only).
+
+        Returns:
+            ``BaseModelOutput`` with ``last_hidden_state`` ``(B, T, D)`` (last block's
+            output), ``hidden_states`` (``1 + num_layers`` tensors ``(B, T, D)``, input
+            first) or None, ``attentions`` (``num_layers`` tensors ``(B, heads, T, T)``) or None.
+        """
+        all_hidden_states: list[torch.Tensor] | None = [] if output_hidden_states else None
+        all_attentions: list[torch.Tensor] | None = [] if output_attentions else None
+        for layer in self.layers:
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
+            # hidden_states positional: reentrant checkpointing only tracks positional inputs.
+            hidden_states, weights = layer(
+                hidden_states, attention_mask, output_attentions=output_attentions
+            )
+            if all_attentions is not None:
+                all_attentions.append(weights)
+        if all_hidden_states is not None:
+            all_hidden_states.append(hidden_states)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+            attentions=tuple(all_attentions) if all_attentions is not None else None,
+        )
+
+
+class ViTBackbone(nn.Module):
+    """ViT trunk: `ViTEmbeddings` -> `ViTEncoder` -> final ``layernorm``.
+
+    A plain ``nn.Module`` meant to live inside a model's ``PreTrainedModel``; it reads the
+    fields listed on its parts from that model's config (``image_size``, ``patch_size``,
+    ``patch_stride``, ``num_channels``, ``hidden_size``, ``num_hidden_layers``,
+    ``num_attention_heads``, ``intermediate_size``, ``hidden_act``, ``layer_norm_eps``,
+    ``qkv_bias``, ``hidden_dropout_prob``, ``attention_probs_dropout_prob``,
+    ``drop_path_rate``, ``_attn_implementation``).
+    """
+
+    def __init__(self, config: PreTrainedConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = ViTEmbeddings(config)
+        self.encoder = ViTEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BaseModelOutput:
+        """Encode images.
+
+        Args:
+            pixel_values: ``(B, num_channels, H, W)`` normalised pixels; H and W need not be
+                the configured ``image_size`` (the position grid is resized on the fly).
+            output_hidden_states: also return the embeddings and every block's output.
+            output_attentions: also return every block's attention weights; needs
+                ``config._attn_implementation == "eager"`` (ValueError otherwise).
+
+        Returns:
+            ``BaseModelOutput``: ``last_hidden_state`` ``(B, 1 + N, D)`` after the final
+            LayerNorm (token 0 is the class token, then the N = rows * cols patches
+            row-major); ``hidden_states``: ``1 + num_hidden_layers`` tensors ``(B, 1 + N, D)``
+            (embedding output, then each block's output, before the final norm, as
+            ``transformers.ViTModel``) or None; ``attentions``: ``num_hidden_layers`` tensors
+            ``(B, heads, 1 + N, 1 + N)`` or None.
+        """
+        encoded = self.encoder(
+            self.embeddings(pixel_values),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        return BaseModelOutput(
+            last_hidden_state=self.layernorm(encoded.last_hidden_state),
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+        )
+
+    def unfreezable_blocks(self) -> list[ViTLayer]:
+        """The encoder blocks from the output side down (last block first), the order in
+        which blockwise fine-tuning unfreezes them."""
+        return list(reversed(self.encoder.layers))
+
+
+# --------------------------------------------------------------------------- weight loading
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What `load_vit_pretrained` did.
+
+    Attributes:
+        source_format: ``"huggingface"``, ``"timm"`` or ``"reid_transformers"`` (our own
+            ``ViTBackbone.state_dict()`` layout, possibly under a prefix).
+        loaded: backbone parameter names that received checkpoint values.
+        missing: backbone parameter names the checkpoint had no value for (left unchanged).
+        unexpected: checkpoint keys (checkpoint naming) that match nothing in the backbone.
+        ignored: checkpoint keys of heads the backbone has no use for (HF ``pooler.*`` /
+            ``classifier.*``, timm ``head.*`` / ``head_dist.*`` / ``pre_logits.*``): unexpected,
+            but expected to be so.
+        resized: backbone parameter name -> (checkpoint shape, loaded shape), for the
+            position embeddings when the checkpoint's patch grid differs from ours.
+    """
+
+    source_format: SourceFormat
+    loaded: tuple[str, ...]
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    ignored: tuple[str, ...]
+    resized: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """Checkpoint key regex -> our key template; ``qkv_slot`` 0/1/2 marks a separate
+    query/key/value tensor that is concatenated (in that order) into our fused ``qkv``."""
+
+    pattern: re.Pattern[str]
+    target: str
+    qkv_slot: int | None = None
+
+
+def _rule(pattern: str, target: str, qkv_slot: int | None = None) -> _Rule:
+    return _Rule(re.compile(pattern), target, qkv_slot)
+
+
+_LAYER = r"encoder.layers.\1"
+_QKV = _LAYER + r".attention.attention.qkv.\2"
+_HF_LEGACY = r"encoder\.layer\.(\d+)\."
+_HF_NEW = r"layers\.(\d+)\."
+
+_HF_RULES: tuple[_Rule, ...] = (
+    _rule(r"embeddings\.cls_token", "embeddings.cls_token"),
+    _rule(r"embeddings\.position_embeddings", "embeddings.position_embeddings"),
+    _rule(r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"embeddings.projection.\1"),
+    # On-disk layout (what save_pretrained writes, and the Hub checkpoints).
+    _rule(_HF_LEGACY + r"attention\.attention\.query\.(\w+)", _QKV, 0),
+    _rule(_HF_LEGACY + r"attention\.attention\.key\.(\w+)", _QKV, 1),
+    _rule(_HF_LEGACY + r"attention\.attention\.value\.(\w+)", _QKV, 2),
+    _rule(_HF_LEGACY + r"attention\.output\.dense\.(\w+)", _LAYER + r".attention.proj.\2"),
+    _rule(_HF_LEGACY + r"intermediate\.dense\.(\w+)", _LAYER + r".mlp.fc1.\2"),
+    _rule(_HF_LEGACY + r"output\.dense\.(\w+)", _LAYER + r".mlp.fc2.\2"),
+    _rule(_HF_LEGACY + r"layernorm_before\.(\w+)", _LAYER + r".norm1.\2"),
+    _rule(_HF_LEGACY + r"layernorm_after\.(\w+)", _LAYER + r".norm2.\2"),
+    # In-memory layout of transformers >= 5 (ViTModel(...).state_dict()).
+    _rule(_HF_NEW + r"attention\.q_proj\.(\w+)", _QKV, 0),
+    _rule(_HF_NEW + r"attention\.k_proj\.(\w+)", _QKV, 1),
+    _rule(_HF_NEW + r"attention\.v_proj\.(\w+)", _QKV, 2),
+    _rule(_HF_NEW + r"attention\.o_proj\.(\w+)", _LAYER + r".attention.proj.\2"),
+    _rule(_HF_NEW + r"mlp\.(fc1|fc2)\.(\w+)", _LAYER + r".mlp.\2.\3"),
+    _rule(_HF_NEW + r"layernorm_before\.(\w+)", _LAYER + r".norm1.\2"),
+    _rule(_HF_NEW + r"layernorm_after\.(\w+)", _LAYER + r".norm2.\2"),
+    _rule(r"layernorm\.(weight|bias)", r"layernorm.\1"),
+)
+
+_TIMM_RULES: tuple[_Rule, ...] = (
+    _rule(r"cls_token", "embeddings.cls_token"),
+    _rule(r"pos_embed", "embeddings.position_embeddings"),
+    _rule(r"patch_embed\.proj\.(weight|bias)", r"embeddings.projection.\1"),
+    _rule(r"blocks\.(\d+)\.(norm1|norm2)\.(\w+)", _LAYER + r".\2.\3"),
+    _rule(r"blocks\.(\d+)\.attn\.qkv\.(\w+)", _QKV),
+    _rule(r"blocks\.(\d+)\.attn\.proj\.(\w+)", _LAYER + r".attention.proj.\2"),
+    _rule(r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(\w+)", _LAYER + r".mlp.\2.\3"),
+    _rule(r"norm\.(weight|bias)", r"layernorm.\1"),
+)
+
+_IDENTITY_RULES: tuple[_Rule, ...] = (_rule(r"(.+)", r"\1"),)
+
+_RULES: dict[SourceFormat, tuple[_Rule, ...]] = {
+    "huggingface": _HF_RULES,
+    "timm": _TIMM_RULES,
+    "reid_transformers": _IDENTITY_RULES,
+}
+
+#: A key only this format has; also tells the prefix a wrapper put in front of the backbone
+#: (``vit.`` in ViTForImageClassification, ``module.`` from DistributedDataParallel, ...).
+_FORMAT_MARKERS: dict[SourceFormat, str] = {
+    "huggingface": "embeddings.patch_embeddings.projection.weight",
+    "timm": "patch_embed.proj.weight",
+    "reid_transformers": "embeddings.projection.weight",
+}
+
+_IGNORED_HEADS: dict[SourceFormat, re.Pattern[str]] = {
+    "huggingface": re.compile(r"(pooler|classifier)\..+"),
+    "timm": re.compile(r"(head|head_dist|pre_logits)\..+"),
+    "reid_transformers": re.compile(r"(?!)"),  # matches nothing: our layout has no head
+}
+
+#: HF config fields that must equal ours for the weights to mean the same computation.
+_HF_CONFIG_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "patch_size",
+    "num_channels",
+    "qkv_bias",
+    "hidden_act",
+)
+
+_HUB_WEIGHT_FILES = ["config.json", "model.safetensors.index.json", "*.safetensors"]
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+_LIST_LIMIT = 10
+
+
+def load_vit_pretrained(
+    backbone: ViTBackbone,
+    source: str | os.PathLike[str] | StateDict,
+    *,
+    strict: bool = True,
+    source_grid: tuple[int, int] | None = None,
+) -> LoadReport:
+    """Load pretrained ViT weights into ``backbone`` in place.
+
+    Args:
+        backbone: the `ViTBackbone` to fill.
+        source: one of
+            - a local Hugging Face checkpoint folder (``config.json`` and ``model.safetensors``,
+              a sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``);
+            - a Hub repository id such as ``"google/vit-base-patch16-224"`` (fetched with
+              ``huggingface_hub.snapshot_download``, safetensors files only; honours
+              ``HF_HUB_OFFLINE`` and the Hub cache);
+            - a state dict file: ``.safetensors``, or ``.pth``/``.pt``/``.bin`` read with
+              ``torch.load(weights_only=True)`` (a file needing arbitrary unpickling is
+              refused); a ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper is unwrapped;
+            - an in-memory state dict.
+            The layout (Hugging Face, timm, or this package's own) is detected from the keys,
+            along with any prefix in front of them (``vit.``, ``module.``, ...).
+        strict: raise if any backbone parameter gets no value or any checkpoint key is
+            left unused (head keys listed in `LoadReport.ignored` never count).
+        source_grid: (rows, cols) of the checkpoint's patch grid. Needed only for a state
+            dict whose position table is neither our grid's length nor a square grid; taken
+            from ``config.json`` for Hugging Face folders.
+
+    Returns:
+        A `LoadReport`. The position embeddings are resized bilinearly to the backbone's
+        grid (class-token entry kept) when the grids differ, which is how a 224x224
+        checkpoint serves a 256x128 or overlapping-patch (``patch_stride < patch_size``)
+        backbone: the patch projection weights are the same, only the grid changes.
+
+    The backbone keeps the ``layer_norm_eps`` of its own config: Hub ViT configs say 1e-12
+    where timm (and the original JAX models) use 1e-6.
+
+    Raises:
+        FileNotFoundError: ``source`` is neither an existing path nor a Hub id, or a folder
+            lacks the expected files.
+        OSError: the Hub download failed (no network, unknown repository, offline mode
+            without a cached copy).
+        ValueError: unrecognised or ambiguous key layout, an HF config whose architecture
+            differs from the backbone's, shape mismatches, an unreadable file, or (with
+            ``strict``) missing/unexpected keys. Nothing is loaded when it raises.
+    """
+    if not isinstance(backbone, ViTBackbone):
+        raise ValueError(f"backbone must be a ViTBackbone, got {type(backbone).__name__}")
+    state_dict, hf_config, description = _read_source(source)
+    if hf_config is not None:
+        _check_hf_config(hf_config, backbone.config, description)
+        if source_grid is None:
+            height, width = _image_pair(hf_config.image_size, "image_size")
+            patch_height, patch_width = _image_pair(hf_config.patch_size, "patch_size")
+            source_grid = (height // patch_height, width // patch_width)
+
+    source_format, prefix = _detect_format(state_dict, description)
+    converted, sources_of, unexpected, ignored = _convert(state_dict, source_format, prefix)
+
+    own = backbone.state_dict()
+    for target in [key for key in converted if key not in own]:
+        unexpected.extend(sources_of[target])
+        del converted[target]
+    missing = [key for key in own if key not in converted]
+
+    resized: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    position_key = "embeddings.position_embeddings"
+    if position_key in converted:
+        table = converted[position_key]
+        converted[position_key] = _position_table_for(
+            table, source_grid, backbone.embeddings, description
+        )
+        if converted[position_key] is not table:
+            resized[position_key] = (tuple(table.shape), tuple(converted[position_key].shape))
+
+    mismatched = [
+        f"{key}: checkpoint {tuple(tensor.shape)} vs backbone {tuple(own[key].shape)}"
+        for key, tensor in converted.items()
+        if tensor.shape != own[key].shape
+    ]
+    if mismatched:
+        raise ValueError(
+            f"{description}: {len(mismatched)} tensor(s) have the wrong shape for this backbone "
+            f"(first {_LIST_LIMIT}): {mismatched[:_LIST_LIMIT]}"
+        )
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"{description} does not match the backbone (strict=True): {len(missing)} missing "
+            f"key(s) {missing[:_LIST_LIMIT]}, {len(unexpected)} unexpected key(s) "
+            f"{unexpected[:_LIST_LIMIT]} (at most {_LIST_LIMIT} of each shown); pass "
+            "strict=False to load the matching part"
+        )
+
+    backbone.load_state_dict(converted, strict=False)
+    return LoadReport(
+        source_format=source_format,
+        loaded=tuple(sorted(converted)),
+        missing=tuple(missing),
+        unexpected=tuple(unexpected),
+        ignored=tuple(ignored),
+        resized=resized,
+    )
+
+
+def _read_source(
+    source: str | os.PathLike[str] | StateDict,
+) -> tuple[dict[str, torch.Tensor], ViTConfig | None, str]:
+    """(state dict, HF config if the source is an HF checkpoint folder, description)."""
+    if isinstance(source, Mapping):
+        return _tensor_dict(source, "the given state dict"), None, "the given state dict"
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(
+            "source must be a path, a Hub repository id or a state dict, got "
+            f"{type(source).__name__}"
+        )
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _read_hf_folder(path)
+    if path.is_file():
+        return _read_state_dict_file(path), None, str(path)
+    text = os.fspath(source)
+    if not _REPO_ID.fullmatch(text) or text.endswith((".safetensors", *_TORCH_SUFFIXES)):
+        raise FileNotFoundError(
+            f"{text!r} is not an existing file or folder, nor a Hugging Face Hub repository id "
+            "like 'google/vit-base-patch16-224'"
+        )
+    try:
+        folder = snapshot_download(text, allow_patterns=_HUB_WEIGHT_FILES)
+    except (OSError, HFValidationError) as error:
+        raise OSError(
+            f"{text!r} is not a local file or folder, and fetching it as a Hugging Face Hub "
+            f"repository failed ({type(error).__name__}: {error}). Check the id and the "
+            "network, or download the checkpoint and pass its folder"
+        ) from error
+    return _read_hf_folder(Path(folder))
+
+
+def _read_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ViTConfig, str]:
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no config.json; expected a Hugging Face ViT checkpoint folder "
+            "(config.json + model.safetensors)"
+        )
+    try:
+        config = ViTConfig.from_json_file(config_file)
+    except (json.JSONDecodeError, StrictDataclassError, TypeError, ValueError) as error:
+        raise ValueError(f"{config_file} is not a valid ViT config: {error}") from error
+
+    single, index, legacy = (
+        folder / "model.safetensors",
+        folder / "model.safetensors.index.json",
+        folder / "pytorch_model.bin",
+    )
+    if single.is_file():
+        state_dict = _read_state_dict_file(single)
+    elif index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as error:
+            raise ValueError(f"{index} is not a safetensors shard index: {error}") from error
+        state_dict = {}
+        for shard in shards:
+            state_dict.update(_read_state_dict_file(folder / shard))
+    elif legacy.is_file():
+        state_dict = _read_state_dict_file(legacy)
+    else:
+        raise FileNotFoundError(
+            f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+        )
+    return state_dict, config, str(folder)
+
+
+def _read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(path, device="cpu")
+        except SafetensorError as error:
+            raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
+    if path.suffix not in _TORCH_SUFFIXES:
+        raise ValueError(
+            f"{path}: unsupported checkpoint suffix {path.suffix!r}; expected .safetensors or "
+            f"one of {_TORCH_SUFFIXES}"
+        )
+    try:
+        # weights_only: a checkpoint is data, never code to run.
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise ValueError(
+            f"{path} cannot be read with torch.load(weights_only=True) (it is corrupt, or holds "
+            f"objects other than tensors and plain containers): {error}"
+        ) from error
+    if isinstance(loaded, Mapping):
+        for wrapper in ("state_dict", "model", "module"):
+            if isinstance(loaded.get(wrapper), Mapping):
+                loaded = loaded[wrapper]
+                break
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{path} holds a {type(loaded).__name__}, expected a state dict")
+    return _tensor_dict(loaded, str(path))
+
+
+def _tensor_dict(state_dict: Mapping[object, object], description: str) -> dict[str, torch.Tensor]:
+    bad = [
+        repr(key)
+        for key, value in state_dict.items()
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor)
+    ]
+    if bad:
+        raise ValueError(
+            f"{description}: a state dict maps str keys to tensors; these entries do not "
+            f"(first {_LIST_LIMIT}): {bad[:_LIST_LIMIT]}"
+        )
+    return dict(state_dict)  # type: ignore[arg-type]
+
+
+def _check_hf_config(hf_config: ViTConfig, config: PreTrainedConfig, description: str) -> None:
+    differences = []
+    for name in _HF_CONFIG_FIELDS:
+        theirs, ours = getattr(hf_config, name), getattr(config, name)
+        if name == "patch_size":
+            theirs = _image_pair(theirs, name)
+            ours = (ours, ours)
+        if theirs != ours:
+            differences.append(f"{name}: checkpoint {theirs!r}, backbone {ours!r}")
+    if differences:
+        raise ValueError(
+            f"{description} is a different ViT architecture from the backbone: "
+            + "; ".join(differences)
+        )
+    if hf_config.layer_norm_eps != config.layer_norm_eps:
+        logger.info(
+            "%s: config says layer_norm_eps=%g; the backbone keeps its own %g",
+            description,
+            hf_config.layer_norm_eps,
+            config.layer_norm_eps,
+        )
+
+
+def _detect_format(
+    state_dict: Mapping[str, torch.Tensor], description: str
+) -> tuple[SourceFormat, str]:
+    found: set[tuple[SourceFormat, str]] = set()
+    for key in state_dict:
+        for source_format, marker in _FORMAT_MARKERS.items():
+            if key == marker or key.endswith("." + marker):
+                found.add((source_format, key[: len(key) - len(marker)]))
+    if not found:
+        raise ValueError(
+            f"{description} is not a recognised ViT checkpoint: no key ends with any of "
+            f"{sorted(_FORMAT_MARKERS.values())}; first keys: {list(state_dict)[:_LIST_LIMIT]}"
+        )
+    if len(found) > 1:
+        layouts = sorted(f"{fmt} under prefix {prefix!r}" for fmt, prefix in found)
+        raise ValueError(
+            f"{description} holds more than one ViT ({layouts}); extract the one to load "
+            "into a state dict of its own"
+        )
+    return found.pop()
+
+
+def _convert(
+    state_dict: Mapping[str, torch.Tensor], source_format: SourceFormat, prefix: str
+) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], list[str], list[str]]:
+    """Rename to our keys and fuse q/k/v.
+
+    Returns (converted tensors, our key -> checkpoint keys it came from, unexpected
+    checkpoint keys, ignored head keys).
+    """
+    rules, heads = _RULES[source_format], _IGNORED_HEADS[source_format]
+    converted: dict[str, torch.Tensor] = {}
+    sources_of: dict[str, list[str]] = {}
+    qkv_parts: dict[str, dict[int, torch.Tensor]] = {}
+    unexpected: list[str] = []
+    ignored: list[str] = []
+    for key, tensor in state_dict.items():
+        inside = key.startswith(prefix)
+        name = key[len(prefix) :] if inside else key
+        rule = next((r for r in rules if r.pattern.fullmatch(name)), None) if inside else None
+        if rule is None:
+            # A head may sit outside the prefix (ViTForImageClassification: vit.* + classifier.*).
+            (ignored if heads.fullmatch(name) else unexpected).append(key)
+            continue
+        target = rule.pattern.sub(rule.target, name)
+        sources_of.setdefault(target, []).append(key)
+        if rule.qkv_slot is None:
+            converted[target] = tensor
+        else:
+            qkv_parts.setdefault(target, {})[rule.qkv_slot] = tensor
+    for target, parts in qkv_parts.items():
+        if len(parts) == 3:
+            converted[target] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
+        else:
+            # An incomplete q/k/v triple cannot fill the fused projection.
+            unexpected.extend(sources_of.pop(target))
+    return converted, sources_of, unexpected, ignored
+
+
+def _position_table_for(
+    table: torch.Tensor,
+    source_grid: tuple[int, int] | None,
+    embeddings: ViTEmbeddings,
+    description: str,
+) -> torch.Tensor:
+    """The checkpoint's position table on the backbone's grid (``table`` itself if equal).
+
+    Without ``source_grid`` the checkpoint grid is taken to be the backbone's when the
+    lengths agree, else square (timm and Hub ViTs are trained on square images).
+    """
+    if table.ndim != 3 or table.shape[0] != 1 or table.shape[1] < 2:
+        raise ValueError(
+            f"{description}: position embeddings of shape {tuple(table.shape)}, expected "
+            "(1, 1 + rows * cols, hidden_size)"
+        )
+    num_patches = table.shape[1] - 1
+    if source_grid is None:
+        rows, cols = embeddings.position_grid
+        side = round(num_patches**0.5)
+        if num_patches == rows * cols:
+            source_grid = (rows, cols)
+        elif side * side == num_patches:
+            source_grid = (side, side)
+        else:
+            raise ValueError(
+                f"{description}: the position embeddings hold {num_patches} patch entries, "
+                "which is neither the backbone's grid nor a square one; pass source_grid="
+                "(rows, cols)"
+            )
+    return resize_position_embeddings(table, tuple(source_grid), embeddings.position_grid)

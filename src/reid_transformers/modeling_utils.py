@@ -1,0 +1,99 @@
+"""Base class and heads shared by the re-ID models."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+
+from .backbones import ViTEmbeddings
+from .configuration_utils import ReIDConfig
+
+
+class BNNeck(nn.Module):
+    """BNNeck head (Luo et al., "Bag of Tricks", 2019): ``BatchNorm1d(d)`` -> ``Linear(d, C)``.
+
+    The triplet loss uses the feature before the BatchNorm, the identity cross-entropy the one
+    after it. The BatchNorm bias is frozen at 0 (it would shift the normalised feature away
+    from the origin the classifier's hyperplanes pass through). ``requires_grad`` is not
+    saved with a checkpoint, so :meth:`ReIDPreTrainedModel.freeze_bnneck_biases` must be
+    called again after loading; the trainer does it.
+
+    Args:
+        dim: feature size ``d``.
+        num_identities: classifier outputs ``C``; 0 gives the BatchNorm alone (no logits).
+    """
+
+    def __init__(self, dim: int, num_identities: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim)
+        self.bn.bias.requires_grad_(False)
+        self.classifier = nn.Linear(dim, num_identities, bias=False) if num_identities else None
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B, d)`` -> (BN feature ``(B, d)``, logits ``(B, C)`` or ``None``)."""
+        normed = self.bn(features)
+        logits = self.classifier(normed) if self.classifier is not None else None
+        return normed, logits
+
+
+class ReIDPreTrainedModel(PreTrainedModel):
+    """Base of every re-ID model in the package.
+
+    Subclasses implement ``forward`` returning a ``ReIDModelOutput`` and
+    :meth:`unfreezable_blocks`; they call ``self.post_init()`` at the end of ``__init__``.
+    """
+
+    config_class = ReIDConfig
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    def unfreezable_blocks(self) -> list[nn.Module]:
+        """The trunk's blocks, ordered from the top (output side) down.
+
+        Blockwise fine-tuning freezes these and releases them one at a time from the front of
+        the list. Embeddings, final norms and heads are never in it: they always train.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement unfreezable_blocks()")
+
+    def freeze_bnneck_biases(self) -> None:
+        """Re-freeze every BNNeck's BatchNorm bias (needed after ``from_pretrained``)."""
+        for module in self.modules():
+            if isinstance(module, BNNeck):
+                module.bn.bias.requires_grad_(False)
+
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        # transformers skips modules without parameters of their own when the model class
+        # lives outside the library (a guard for remote code that writes weights in place).
+        # Containers such as BNNeck must get their turn after their children, and
+        # `_init_weights` only uses `transformers.initialization`, which leaves loaded
+        # weights alone, so every module is visited.
+        if getattr(module, "_is_hf_initialized", False):
+            return
+        self._init_weights(module)
+        module._is_hf_initialized = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, BNNeck):
+            init.ones_(module.bn.weight)
+            init.zeros_(module.bn.bias)
+            if module.classifier is not None:
+                init.normal_(module.classifier.weight, std=0.001)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, ViTEmbeddings):
+            # Its bare parameters (the patch projection is an nn.Conv2d child).
+            init.trunc_normal_(module.cls_token, std=std)
+            init.trunc_normal_(module.position_embeddings, std=std)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
+            if module.weight is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
