@@ -83,6 +83,17 @@ def test_batch_augmentation_is_seeded():
     assert first.shape == x.shape and first.dtype == x.dtype
 
 
+def test_batch_augmentation_state_round_trip():
+    x = batch()
+    a = BatchAugmentation(seed=3)
+    a(x)
+    state = a.state_dict()
+    expected = a(x)
+    b = BatchAugmentation(seed=99)
+    b.load_state_dict(state)
+    assert torch.equal(b(x), expected)
+
+
 @pytest.mark.parametrize(
     "call, message",
     [

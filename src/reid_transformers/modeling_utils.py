@@ -51,6 +51,9 @@ class ReIDPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_attention_backend = True
+    #: Parameter-name prefixes of the pretrained trunk, for optimizer groups (e.g. a lower
+    #: learning rate there); everything else counts as new layers.
+    trunk_parameter_prefixes: tuple[str, ...] = ()
 
     def unfreezable_blocks(self) -> list[nn.Module]:
         """The trunk's blocks, ordered from the top (output side) down.
@@ -59,6 +62,33 @@ class ReIDPreTrainedModel(PreTrainedModel):
         the list. Embeddings, final norms and heads are never in it: they always train.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement unfreezable_blocks()")
+
+    def load_pretrained_backbone(self, source: str, *, strict: bool = True):
+        """Load ImageNet weights (Hub id, local folder or timm/torchvision file) into the
+        trunk; returns the loader's report of loaded, missing and resized keys."""
+        raise NotImplementedError(f"{type(self).__name__} has no pretrained-backbone loader")
+
+    def optimizer_parameter_groups(
+        self, learning_rate: float, weight_decay: float, trunk_lr_factor: float = 1.0
+    ) -> list[dict]:
+        """Parameter groups for ``torch.optim``: the trunk (``trunk_parameter_prefixes``) at
+        ``learning_rate * trunk_lr_factor``, new layers at ``learning_rate``; weight decay
+        only on matrices and kernels, not on norms, biases, tokens or position tables."""
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, param in self.named_parameters():
+            is_trunk = name.startswith(self.trunk_parameter_prefixes)
+            decays = param.ndim >= 2 and not name.endswith(("cls_token", "position_embeddings"))
+            groups.setdefault((is_trunk, decays), []).append(param)
+        return [
+            {
+                "params": params,
+                "lr": learning_rate * (trunk_lr_factor if is_trunk else 1.0),
+                "weight_decay": weight_decay if decays else 0.0,
+                "group_name": ("trunk" if is_trunk else "new")
+                + ("_decay" if decays else "_no_decay"),
+            }
+            for (is_trunk, decays), params in sorted(groups.items())
+        ]
 
     def freeze_bnneck_biases(self) -> None:
         """Re-freeze every BNNeck's BatchNorm bias (needed after ``from_pretrained``)."""

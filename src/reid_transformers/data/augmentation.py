@@ -163,9 +163,19 @@ class BatchAugmentation:
     def _generator(self, device: torch.device) -> torch.Generator | None:
         if self.seed is None:
             return None
+        device = torch.device(device)
         if device not in self._generators:
             self._generators[device] = torch.Generator(device).manual_seed(self.seed)
         return self._generators[device]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Generator states per device, so a resumed run draws the same augmentations."""
+        return {str(device): gen.get_state() for device, gen in self._generators.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        for device, generator_state in state.items():
+            self._generator(torch.device(device)).set_state(generator_state)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Augment ``images`` ``(B, C, H, W)``; returns a new tensor of the same shape/dtype."""

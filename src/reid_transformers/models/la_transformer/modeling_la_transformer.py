@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from ...backbones import ViTBackbone
+from ...backbones import LoadReport, ViTBackbone, load_vit_pretrained
 from ...modeling_outputs import ReIDModelOutput
 from ...modeling_utils import ReIDPreTrainedModel
 from .configuration_la_transformer import LATransformerConfig
@@ -41,6 +41,7 @@ class LATransformerRowClassifier(nn.Module):
 class LATransformerPreTrainedModel(ReIDPreTrainedModel):
     config_class = LATransformerConfig
     base_model_prefix = "la_transformer"
+    trunk_parameter_prefixes = ("vit.",)
     _no_split_modules = ["ViTLayer"]
 
     @torch.no_grad()
@@ -87,6 +88,9 @@ class LATransformerModel(LATransformerPreTrainedModel):
 
     def unfreezable_blocks(self) -> list[nn.Module]:
         return self.vit.unfreezable_blocks()
+
+    def load_pretrained_backbone(self, source: str, *, strict: bool = True) -> LoadReport:
+        return load_vit_pretrained(self.vit, source, strict=strict)
 
     def forward(
         self,

@@ -1,0 +1,68 @@
+"""Learning-rate schedules: linear warm-up, then cosine or multi-step decay."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+SCHEDULES = ("cosine", "multistep", "constant")
+UNITS = ("epoch", "step")
+
+
+@dataclass
+class WarmupSchedule:
+    """Multiplier of the base learning rate as a function of the optimizer step.
+
+    Times (``warmup``, ``milestones``, ``total``) are counted in ``unit``: ``"epoch"`` changes
+    the rate once per epoch (as most re-ID papers describe), ``"step"`` every iteration.
+
+    Args:
+        name: ``"cosine"`` (from 1 down to ``min_factor`` at ``total``), ``"multistep"``
+            (times ``gamma`` at each milestone) or ``"constant"``.
+        total: length of training in ``unit``.
+        warmup: linear warm-up length in ``unit``, from ``warmup_factor`` to 1.
+        warmup_factor: multiplier at the first step.
+        milestones: multistep decay points in ``unit``.
+        gamma: multistep decay factor.
+        min_factor: the cosine's final multiplier.
+        unit: ``"epoch"`` or ``"step"``.
+    """
+
+    name: str = "cosine"
+    total: int = 1
+    warmup: int = 0
+    warmup_factor: float = 0.01
+    milestones: Sequence[int] = field(default_factory=tuple)
+    gamma: float = 0.1
+    min_factor: float = 0.0
+    unit: str = "epoch"
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.name!r}")
+        if self.unit not in UNITS:
+            raise ValueError(f"schedule unit must be one of {UNITS}, got {self.unit!r}")
+        if self.total < 1 or self.warmup < 0 or self.warmup > self.total:
+            raise ValueError(
+                f"need total >= 1 and 0 <= warmup <= total, got total={self.total}, "
+                f"warmup={self.warmup}"
+            )
+        if not 0 < self.warmup_factor <= 1:
+            raise ValueError(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones must be increasing, got {list(self.milestones)}")
+
+    def factor(self, step: int, steps_per_epoch: int) -> float:
+        """Multiplier for optimizer ``step`` (0-based) when an epoch has ``steps_per_epoch``."""
+        t = step // steps_per_epoch if self.unit == "epoch" else step
+        if t < self.warmup:
+            return self.warmup_factor + (1 - self.warmup_factor) * t / self.warmup
+        if self.name == "cosine":
+            span = max(self.total - self.warmup, 1)
+            progress = min((t - self.warmup) / span, 1.0)
+            cosine = 0.5 * (1 + math.cos(math.pi * progress))
+            return self.min_factor + (1 - self.min_factor) * cosine
+        if self.name == "multistep":
+            return self.gamma ** sum(t >= m for m in self.milestones)
+        return 1.0

@@ -1,0 +1,104 @@
+"""Unit tests of the trainer's parts: unfreezing schedule, LR schedule, arguments, groups."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reid_transformers.training import (
+    BlockwiseUnfreezing,
+    ReIDTrainingArguments,
+    WarmupSchedule,
+    parse_arguments,
+)
+
+from .test_la_transformer import tiny_model
+
+
+def test_unfreezing_releases_one_block_per_period_from_the_top():
+    schedule = BlockwiseUnfreezing(unfreeze_every=2, lr_decay=0.5, initially_unfrozen=1)
+    assert [schedule.trainable_blocks(e, 3) for e in range(7)] == [1, 1, 2, 2, 3, 3, 3]
+    assert [schedule.lr_factor(e, 3) for e in range(7)] == [1, 1, 0.5, 0.5, 0.25, 0.25, 0.25]
+    model = tiny_model()  # 3 encoder layers
+    assert schedule.apply(model, epoch=2) == 2
+    blocks = model.unfreezable_blocks()
+    assert [all(p.requires_grad for p in b.parameters()) for b in blocks] == [True, True, False]
+    assert all(p.requires_grad for p in model.vit.embeddings.parameters())
+    assert all(p.requires_grad for p in model.row_classifiers.parameters())
+
+
+def test_frozen_blocks_stay_bit_identical_under_the_optimizer():
+    model = tiny_model().train()
+    BlockwiseUnfreezing(initially_unfrozen=1).apply(model, epoch=0)
+    frozen = model.unfreezable_blocks()[-1]
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    optimizer = torch.optim.AdamW(
+        model.optimizer_parameter_groups(1e-2, weight_decay=0.1), lr=1e-2
+    )
+    x, y = torch.randn(8, 3, 32, 16), torch.arange(8) % 5
+    top_before = model.unfreezable_blocks()[0].norm1.weight.clone()
+    for _ in range(3):
+        optimizer.zero_grad(set_to_none=True)
+        model(x, labels=y).loss.backward()
+        optimizer.step()
+    for name, value in frozen.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert not torch.equal(model.unfreezable_blocks()[0].norm1.weight, top_before)
+
+
+def test_unfreezing_rejects_bad_settings():
+    with pytest.raises(ValueError, match="unfreeze_every"):
+        BlockwiseUnfreezing(unfreeze_every=0)
+    with pytest.raises(ValueError, match="lr_decay"):
+        BlockwiseUnfreezing(lr_decay=0)
+
+
+def test_warmup_then_cosine_and_multistep():
+    cosine = WarmupSchedule("cosine", total=10, warmup=2, warmup_factor=0.1, unit="epoch")
+    factors = [cosine.factor(step, steps_per_epoch=5) for step in range(0, 50, 5)]
+    assert factors[0] == pytest.approx(0.1) and factors[1] == pytest.approx(0.55)
+    assert factors[2] == pytest.approx(1.0)
+    assert factors[-1] < factors[3] and factors == sorted(factors[:3]) + factors[3:]
+    assert cosine.factor(3, 5) == cosine.factor(0, 5)  # per epoch: constant within an epoch
+    steps = WarmupSchedule("multistep", total=100, milestones=(40, 90), gamma=0.1, unit="step")
+    assert [steps.factor(s, 7) for s in (0, 39, 40, 95)] == pytest.approx([1, 1, 0.1, 0.01])
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        WarmupSchedule("linear")
+    with pytest.raises(ValueError, match="milestones must be increasing"):
+        WarmupSchedule("multistep", total=10, milestones=(5, 2))
+
+
+def test_optimizer_groups_split_trunk_and_decay():
+    model = tiny_model()
+    groups = model.optimizer_parameter_groups(1e-3, weight_decay=5e-4, trunk_lr_factor=0.1)
+    by_name = {g["group_name"]: g for g in groups}
+    assert set(by_name) == {"trunk_decay", "trunk_no_decay", "new_decay", "new_no_decay"}
+    assert by_name["trunk_decay"]["lr"] == pytest.approx(1e-4)
+    assert by_name["new_decay"]["lr"] == pytest.approx(1e-3)
+    assert by_name["trunk_no_decay"]["weight_decay"] == 0.0
+    ids = {id(p) for p in by_name["trunk_no_decay"]["params"]}
+    assert id(model.vit.embeddings.cls_token) in ids
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_arguments_from_flags_preset_and_files(tmp_path):
+    args = parse_arguments(["--preset", "tiny", "--epochs", "2"])
+    assert args.epochs == 2 and args.image_size == (64, 32)  # flag wins, preset fills
+    assert parse_arguments(["--preset", "tiny", "--epochs=3"]).epochs == 3
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"preset": "tiny", "learning_rate": 0.01}))
+    from_file = parse_arguments([str(path)])
+    assert from_file.learning_rate == 0.01 and from_file.blockwise_unfreezing
+    yaml_path = tmp_path / "run.yaml"
+    yaml_path.write_text("epochs: 4\noptimizer: sgd\n")
+    assert parse_arguments([str(yaml_path)]).optimizer == "sgd"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"epocks": 3}))
+    with pytest.raises(ValueError, match="unknown arguments"):
+        parse_arguments([str(bad)])
+    with pytest.raises(ValueError, match="unknown preset"):
+        parse_arguments(["--preset", "huge"])
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        ReIDTrainingArguments(optimizer="lamb")
