@@ -98,3 +98,73 @@ def test_resume_without_state_is_a_clear_error(tmp_path, data):
     trainer = ReIDTrainer(arguments(tmp_path, resume=True), data=data)
     with pytest.raises(FileNotFoundError, match="holds no saved state"):
         trainer.train()
+
+
+def test_training_pushes_the_best_checkpoint_to_the_hub(tmp_path, data, monkeypatch):
+    from .fake_hub import FakeHub, use_fake_hub
+
+    with FakeHub(token="hf_test") as server:
+        use_fake_hub(monkeypatch, server.endpoint, tmp_path / "hf_home")
+        args = arguments(tmp_path / "run", epochs=1, push_to_hub=True,
+                         hub_model_id="org/tiny-la-synthetic", hub_token="hf_test")
+        ReIDTrainer(args, data=data).train()
+        remote = server.files("org/tiny-la-synthetic")
+        local = tmp_path / "run" / "best"
+        assert remote["model.safetensors"] == (local / "model.safetensors").read_bytes()
+        assert 'from_pretrained("org/tiny-la-synthetic")' in remote["README.md"].decode()
+    with pytest.raises(ValueError, match="push_to_hub needs hub_model_id"):
+        arguments(tmp_path, push_to_hub=True)
+
+
+def _distributed_worker(root: str, output_dir: str) -> None:
+    import os
+
+    from accelerate.state import AcceleratorState
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)  # forked workers deadlock in OpenMP otherwise
+    # The fork inherits the parent's single-process state from earlier tests: start afresh.
+    AcceleratorState._reset_state(True)
+    data = load_reid_dataset("market1501", root, progress=False)
+    trainer = ReIDTrainer(arguments(output_dir, eval_every=0), data=data)
+    rank = trainer.accelerator.process_index
+    batches = [list(b) for b in trainer.sampler]
+    metrics = trainer.train()
+    record = {"rank": rank, "world": trainer.accelerator.num_processes, "batches": batches,
+              "metrics": metrics}
+    with open(f"{output_dir}/rank{rank}.json", "w") as handle:
+        json.dump(record, handle)
+
+
+def test_two_processes_share_batches_write_once_and_gather_every_sample(tmp_path, data):
+    from accelerate import debug_launcher
+
+    from reid_transformers.evaluation import evaluate_ranking
+    from reid_transformers.retrieval import extract_embeddings
+
+    root = str(data["query"][0]["path"]).rsplit("/query/", 1)[0]
+    out = tmp_path / "run"
+    out.mkdir()
+    debug_launcher(_distributed_worker, args=(root, str(out)), num_processes=2)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    seen = [tuple(b) for r in ranks for b in r["batches"]]
+    assert len(seen) == len(set(seen)) and len(ranks[0]["batches"]) == len(ranks[1]["batches"])
+    assert not set(map(tuple, ranks[0]["batches"])) & set(map(tuple, ranks[1]["batches"]))
+
+    # One checkpoint per kind, one log line per event, no staging leftovers.
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["best", "last", "state"]
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in log if "mAP" in r]) == 1
+    assert ranks[1]["metrics"] == ranks[0]["metrics"]  # computed once, shared
+
+    # The gathered evaluation saw every query and gallery image exactly once.
+    metrics = ranks[0]["metrics"]
+    assert metrics["num_valid_queries"] + metrics["num_skipped_queries"] == len(data["query"])
+    model = AutoModel.from_pretrained(out / "last")
+    processor = AutoImageProcessor.from_pretrained(out / "last")
+    q = extract_embeddings(model, data["query"], processor, progress=False)
+    g = extract_embeddings(model, data["gallery"], processor, progress=False)
+    single = evaluate_ranking(q, g, data["query"]["pid"], data["gallery"]["pid"],
+                              data["query"]["camid"], data["gallery"]["camid"], metric="cosine")
+    assert metrics["mAP"] == pytest.approx(single.mean_ap, abs=1e-5)

@@ -103,6 +103,15 @@ class ReIDTrainingArguments:
     num_workers: int = 0
     batch_size_eval: int = 64
     resume: bool = field(default=False, metadata={"help": "continue from output_dir/state"})
+    push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "upload the best checkpoint (weights, configs, card) to --hub_model_id"},
+    )
+    hub_model_id: str | None = field(default=None, metadata={"help": "namespace/name on the Hub"})
+    hub_private: bool = False
+    hub_token: str | None = field(
+        default=None, metadata={"help": "Hub token (default: the one saved by `hf auth login`)"}
+    )
     report_to: list[str] = field(
         default_factory=list, metadata={"help": "accelerate trackers, e.g. tensorboard wandb"}
     )
@@ -126,6 +135,8 @@ class ReIDTrainingArguments:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id (namespace/name)")
         if self.image_size is not None:
             self.image_size = tuple(int(v) for v in self.image_size)
             if len(self.image_size) != 2:

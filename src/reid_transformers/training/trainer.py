@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from datasets import DatasetDict
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from ..data import BatchAugmentation, PKSampler, load_reid_dataset, make_synthetic_reid
 from ..evaluation import ReIDMetric
-from ..hub import render_model_card, save_model_card
+from ..hub import push_to_hub, render_model_card, save_model_card
 from ..models import ARCHITECTURES
 from ..retrieval.extraction import extract_embeddings
 from ..utils import replace_directory
@@ -249,6 +249,16 @@ class ReIDTrainer:
             metrics = self.evaluate()
         self.save_checkpoint(self.output_dir / "last", metrics)
         self.accelerator.end_training()
+        if args.push_to_hub and self.accelerator.is_main_process:
+            best = self.output_dir / "best"
+            url = push_to_hub(
+                best if best.is_dir() else self.output_dir / "last",
+                args.hub_model_id,
+                token=args.hub_token,
+                private=args.hub_private,
+                commit_message=f"reid_transformers: {args.epochs} epochs on {args.dataset}",
+            )
+            logger.info("pushed to %s", url)
         return metrics
 
     def _train_epoch(self, epoch: int) -> None:
@@ -311,21 +321,21 @@ class ReIDTrainer:
             )
             for split in ("query", "gallery")
         }
-        if not self.accelerator.is_main_process:
-            return {}
-        metric = ReIDMetric()
-        metrics = metric.compute(
-            distance=self.args.distance,
-            rerank=self.args.eval_rerank,
-            query_embeddings=embed["query"],
-            query_pids=self.data["query"]["pid"],
-            query_camids=self.data["query"]["camid"],
-            gallery_embeddings=embed["gallery"],
-            gallery_pids=self.data["gallery"]["pid"],
-            gallery_camids=self.data["gallery"]["camid"],
-        )
-        metrics.pop("cmc")
-        return metrics
+        metrics: dict[str, Any] = {}
+        if self.accelerator.is_main_process:
+            metrics = ReIDMetric().compute(
+                distance=self.args.distance,
+                rerank=self.args.eval_rerank,
+                query_embeddings=embed["query"],
+                query_pids=self.data["query"]["pid"],
+                query_camids=self.data["query"]["camid"],
+                gallery_embeddings=embed["gallery"],
+                gallery_pids=self.data["gallery"]["pid"],
+                gallery_camids=self.data["gallery"]["camid"],
+            )
+            metrics.pop("cmc")
+        # Every rank takes the same best-checkpoint decisions, so it needs the same numbers.
+        return broadcast_object_list([metrics])[0]
 
     # ------------------------------------------------------------------ saving
     def save_checkpoint(self, directory: Path, metrics: dict[str, Any]) -> Path | None:
@@ -351,6 +361,7 @@ class ReIDTrainer:
             evaluation={"distance": self.args.distance, "flip": self.args.eval_flip},
             training=self._recipe(),
             base_model=self.args.pretrained_backbone,
+            repo_id=self.args.hub_model_id,
         )
         save_model_card(card, staging)
         replace_directory(staging, directory)
