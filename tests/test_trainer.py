@@ -94,6 +94,30 @@ def test_resumed_run_reaches_the_same_weights(tmp_path, data, monkeypatch):
         torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-5, msg=key)
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; mixed precision can only be set on a fresh one."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def test_bf16_autocast_accumulation_and_clipping_train(tmp_path, data, fresh_accelerate_state):
+    args = arguments(tmp_path, epochs=1, mixed_precision="bf16", max_grad_norm=1.0,
+                     gradient_accumulation_steps=2, optimizer="sgd", scheduler="multistep",
+                     milestones=[1], schedule_unit="step")
+    trainer = ReIDTrainer(args, data=data)
+    metrics = trainer.train()
+    assert 0.0 <= metrics["mAP"] <= 1.0
+    assert trainer.state.global_step == len(trainer.sampler) // 2
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in log if "train_loss" in r)
+    weights = load_file(tmp_path / "last" / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+
+
 def test_resume_without_state_is_a_clear_error(tmp_path, data):
     trainer = ReIDTrainer(arguments(tmp_path, resume=True), data=data)
     with pytest.raises(FileNotFoundError, match="holds no saved state"):
