@@ -118,6 +118,11 @@ def test_bf16_autocast_accumulation_and_clipping_train(tmp_path, data, fresh_acc
     assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
 
 
+def test_batch_larger_than_the_dataset_is_a_clear_error(tmp_path, data):
+    with pytest.raises(ValueError, match="num_identities=64 per batch but the dataset has only"):
+        ReIDTrainer(arguments(tmp_path, identities_per_batch=64), data=data)
+
+
 def test_resume_without_state_is_a_clear_error(tmp_path, data):
     trainer = ReIDTrainer(arguments(tmp_path, resume=True), data=data)
     with pytest.raises(FileNotFoundError, match="holds no saved state"):

@@ -142,6 +142,13 @@ class ReIDTrainer:
             num_replicas=self.accelerator.num_processes,
             rank=self.accelerator.process_index,
         )
+        if len(self.sampler) == 0:
+            raise ValueError(
+                f"the train split ({len(self.data['train'])} images) yields no batch of "
+                f"{args.identities_per_batch} identities x {args.instances_per_identity} images "
+                f"per process ({self.accelerator.num_processes} processes): lower "
+                "--identities_per_batch or --instances_per_identity"
+            )
         # Not prepared by accelerate: the sampler already gives every rank its own batches.
         self.train_loader = torch.utils.data.DataLoader(
             range(len(self.data["train"])),
