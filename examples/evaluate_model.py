@@ -1,68 +1,36 @@
 """Evaluate a checkpoint on a dataset: mAP, CMC and mINP.
 
-    python examples/evaluate_model.py --model DIR --dataset market1501 --data_dir ...
+    python examples/evaluate_model.py --model DIR --dataset market1501 --data_dir ... \
+        [--distance cosine] [--flip] [--rerank] [--batch_size 64]
 
 (Not named evaluate.py: a script folder on sys.path would shadow the `evaluate` package.)
 
+The same as ``reid-transformers evaluate`` (``--help`` describes every flag), and like the
+earlier version of this script it prints the results as one JSON line after the table.
 Prints mAP, rank-1/5/10 and mINP under the Market-1501 protocol, optionally with flip
-averaging and k-reciprocal re-ranking. `--dataset synthetic` uses the embedded dataset.
+averaging and k-reciprocal re-ranking. `--dataset synthetic` (the default) uses the
+embedded dataset. In your own code:
+
+    from reid_transformers.pipelines import evaluate_checkpoint
+
+    result = evaluate_checkpoint("runs/la-market/best", data, dataset="market1501", flip=True)
+    print(result.format_table())
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
+from collections.abc import Sequence
 
-from transformers import AutoImageProcessor, AutoModel
-
-import reid_transformers  # noqa: F401  (registers the architectures with the Auto classes)
-from reid_transformers.evaluation import ReIDMetric
-from reid_transformers.retrieval.extraction import extract_embeddings
-from reid_transformers.training import ReIDTrainingArguments, load_training_data
+from reid_transformers.cli import run_command
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id")
-    parser.add_argument("--dataset", default="synthetic")
-    parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--distance", default="cosine", choices=("cosine", "euclidean"))
-    parser.add_argument("--flip", action="store_true", help="average with mirrored images")
-    parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
-    parser.add_argument("--batch_size", type=int, default=64)
-    options = parser.parse_args(argv)
-
-    data = load_training_data(
-        ReIDTrainingArguments(dataset=options.dataset, data_dir=options.data_dir)
-    )
-    model = AutoModel.from_pretrained(options.model).eval()
-    processor = AutoImageProcessor.from_pretrained(options.model)
-    embeddings = {
-        split: extract_embeddings(
-            model, data[split], processor, batch_size=options.batch_size, flip=options.flip
-        )
-        for split in ("query", "gallery")
-    }
-    metrics = ReIDMetric().compute(
-        distance=options.distance,
-        rerank=options.rerank,
-        query_embeddings=embeddings["query"],
-        query_pids=data["query"]["pid"],
-        query_camids=data["query"]["camid"],
-        gallery_embeddings=embeddings["gallery"],
-        gallery_pids=data["gallery"]["pid"],
-        gallery_camids=data["gallery"]["camid"],
-    )
-    metrics.pop("cmc")
-    for key in ("mAP", "rank-1", "rank-5", "rank-10", "mINP"):
-        print(f"{key:>8}: {100 * metrics[key]:6.2f}%")
-    print(
-        f"{metrics['num_valid_queries']} queries evaluated, "
-        f"{metrics['num_skipped_queries']} skipped (no match in another camera)"
-    )
-    print(json.dumps(metrics))
-    return metrics
+def main(argv: Sequence[str] | None = None) -> int:
+    """Evaluate with ``argv`` (default: the command line); returns the exit code."""
+    flags = list(sys.argv[1:] if argv is None else argv)
+    # First, so that a --json given on the command line wins.
+    return run_command("evaluate", ["--json", "-", *flags], prog="examples/evaluate_model.py")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

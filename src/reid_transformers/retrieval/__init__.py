@@ -1,14 +1,32 @@
-"""Retrieval: embedding extraction, a FAISS gallery index, ranked-list pictures."""
+"""Retrieval: embedding extraction, a FAISS gallery index, search, ranked-list pictures."""
 
 from .extraction import embedding_dataloader, extract_embeddings
 from .index import GalleryIndex, SearchResult
+from .search import (
+    GallerySearch,
+    PreparedIndex,
+    RankedMatch,
+    image_folder_dataset,
+    load_gallery,
+    market_style_ids,
+    prepare_gallery_index,
+    search_gallery,
+)
 from .visualization import render_ranked_list, save_ranked_list
 
 __all__ = [
     "GalleryIndex",
+    "GallerySearch",
+    "PreparedIndex",
+    "RankedMatch",
     "SearchResult",
     "embedding_dataloader",
     "extract_embeddings",
+    "image_folder_dataset",
+    "load_gallery",
+    "market_style_ids",
+    "prepare_gallery_index",
     "render_ranked_list",
     "save_ranked_list",
+    "search_gallery",
 ]

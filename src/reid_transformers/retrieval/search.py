@@ -1,4 +1,4 @@
-"""Search a gallery of person crops for a query image: the pieces behind ``reid-transformers search``.
+"""Search a gallery of person crops for a query image (what ``reid-transformers search`` runs).
 
 * :func:`load_gallery` turns a folder of images (identity and camera read from Market-1501-style
   file names where they fit, see :func:`market_style_ids`) or a dataset written with
@@ -339,8 +339,7 @@ class GallerySearch:
             f"{'rank':>4}  {'score':>7}  {'pid':>5}  {'camid':>5}  path",
         ]
         lines += [
-            f"{m.rank:4d}  {m.score:7.4f}  {m.pid:5d}  {m.camid:5d}  {m.path}"
-            for m in self.matches
+            f"{m.rank:4d}  {m.score:7.4f}  {m.pid:5d}  {m.camid:5d}  {m.path}" for m in self.matches
         ]
         return "\n".join(lines)
 

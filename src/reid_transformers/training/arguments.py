@@ -49,8 +49,8 @@ class ReIDTrainingArguments:
             "help": "ImageNet weights for a new model's backbone (Hub id, folder or timm file)"
         },
     )
-    image_size: tuple[int, int] | None = field(
-        default=None, metadata={"help": "input height width (default: the architecture's)"}
+    image_size: list[int] | None = field(
+        default=None, metadata={"help": "input height width, e.g. 256 128 (default: the model's)"}
     )
     model_overrides: str | None = field(
         default=None,
@@ -138,9 +138,12 @@ class ReIDTrainingArguments:
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (namespace/name)")
         if self.image_size is not None:
+            if len(self.image_size) != 2 or min(int(v) for v in self.image_size) < 1:
+                raise ValueError(
+                    f"image_size must be two positive numbers (height width), got "
+                    f"{list(self.image_size)}"
+                )
             self.image_size = tuple(int(v) for v in self.image_size)
-            if len(self.image_size) != 2:
-                raise ValueError(f"image_size must be (height, width), got {self.image_size}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dictionary of every field."""

@@ -25,7 +25,13 @@ from datasets import DatasetDict
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-from ..data import BatchAugmentation, PKSampler, load_reid_dataset, make_synthetic_reid
+from ..data import (
+    BatchAugmentation,
+    PKSampler,
+    available_datasets,
+    load_reid_dataset,
+    make_synthetic_reid,
+)
 from ..evaluation import ReIDMetric
 from ..hub import push_to_hub, render_model_card, save_model_card
 from ..models import ARCHITECTURES
@@ -59,6 +65,11 @@ class TrainerState:
 
 def load_training_data(args: ReIDTrainingArguments) -> DatasetDict:
     """The dataset named by ``args`` (the synthetic one is generated or reused)."""
+    if args.dataset != "synthetic" and args.dataset not in available_datasets():
+        raise ValueError(
+            f"unknown dataset {args.dataset!r}; expected 'synthetic' or one of "
+            f"{available_datasets()}"
+        )
     if args.dataset == "synthetic":
         root = make_synthetic_reid(args.data_dir, progress=args.progress)
         return load_reid_dataset("market1501", root, progress=args.progress)

@@ -1,0 +1,704 @@
+"""The ``reid-transformers`` command: train, evaluate, extract, search, card, push.
+
+    reid-transformers COMMAND [FLAGS]             # the installed console script
+    python -m reid_transformers.cli COMMAND ...   # the same, without the script
+    reid-transformers COMMAND --help              # what a command does, with an example
+
+Every command is a thin layer over library functions (``reid_transformers.training``,
+``reid_transformers.pipelines``, ``reid_transformers.retrieval.search``,
+``reid_transformers.hub``), which the examples call too.
+
+Exit status: 0 on success; 2 for a usage error (bad or missing flags, a missing checkpoint,
+dataset or file, an output that exists), reported as one line on stderr; 1 when the Hub
+refuses or cannot be reached during ``push``. ``--traceback`` before the command shows the
+full traceback of an error instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, Protocol
+
+from datasets import Dataset, DatasetDict
+from transformers import HfArgumentParser
+
+from . import __version__
+from .data import SPLITS
+from .evaluation import DISTANCE_METRICS
+from .hub import HubPushError, push_to_hub
+from .pipelines import (
+    CheckpointEvaluation,
+    ModelCardUpdate,
+    checkpoint_source,
+    evaluate_checkpoint,
+    extract_checkpoint_embeddings,
+    load_checkpoint,
+    write_model_card,
+)
+from .retrieval.search import load_gallery, prepare_gallery_index, search_gallery
+from .training import ReIDTrainer, ReIDTrainingArguments, load_training_data, parse_arguments
+
+__all__ = ["PROG", "build_parser", "main", "run_command"]
+
+#: The console script's name (``setup.cfg``: ``reid-transformers = reid_transformers.cli:main``).
+PROG = "reid-transformers"
+
+# Errors that mean "the user asked for something that cannot be done", reported as one line.
+# Anything else is a bug and keeps its traceback.
+_USAGE_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    ValueError,
+)
+_TRACEBACK_HINT = "add --traceback before the command for the full traceback"
+
+
+# ---------------------------------------------------------------------- argparse plumbing
+class _OneLineErrors:
+    """argparse errors as one line (argparse's default prints the whole usage first).
+
+    A mixin for ``argparse.ArgumentParser`` subclasses, placed before it in the bases.
+    """
+
+    def error(self: Any, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _Parser(_OneLineErrors, argparse.ArgumentParser):
+    pass
+
+
+class _TrainerParser(_OneLineErrors, HfArgumentParser):
+    pass
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions and examples as written, and shows one spelling per flag.
+
+    Multi-word flags are registered as ``--top-k`` and ``--top_k`` (``HfArgumentParser``
+    registers the training flags as ``--data_dir`` and ``--data-dir``); listing both would
+    double the help, so only the first, the one the usage line shows, is listed.
+    """
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        seen: set[str] = set()
+        shown = []
+        for option in action.option_strings:
+            if option.replace("_", "-") not in seen:
+                shown.append(option)
+                seen.add(option.replace("_", "-"))
+        if shown == action.option_strings:
+            return super()._format_action_invocation(action)
+        clone = copy.copy(action)
+        clone.option_strings = shown
+        return super()._format_action_invocation(clone)
+
+
+class _TrainerFormatter(_Formatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The trainer's flags with their defaults, under this command's description as written."""
+
+
+class _ArgumentContainer(Protocol):
+    """A parser or an argument group: anything with argparse's ``add_argument``."""
+
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action: ...
+
+
+def _flag(parser: _ArgumentContainer, name: str, **kwargs: Any) -> None:
+    """Add ``--name`` (hyphens) with its ``--under_scored`` spelling as an alias."""
+    spellings = [f"--{name}"]
+    if "-" in name:
+        spellings.append(f"--{name.replace('-', '_')}")
+    parser.add_argument(*spellings, **kwargs)
+
+
+def _require_at_least(parser: argparse.ArgumentParser, flag: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        parser.error(f"{flag} must be >= {minimum}, got {value}")
+
+
+def _add_model_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    _flag(parser, "model", required=True, metavar="CKPT", help=what)
+
+
+def _add_dataset_flag(parser: _ArgumentContainer, *, default: str | None) -> None:
+    _flag(
+        parser,
+        "dataset",
+        default=default,
+        metavar="NAME",
+        help="synthetic (generated and cached on first use), market1501, dukemtmc, "
+        "occluded_duke, msmt17, msmt17_v2, cuhk03_np or generic (a CSV of path,pid,camid,split)"
+        + (f"; default {default}" if default else ""),
+    )
+
+
+def _add_embedding_flags(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, "flip", action="store_true", help="average each embedding with its mirror's")
+    _flag(parser, "batch-size", type=int, default=64, metavar="N", help="default 64")
+    _flag(
+        parser,
+        "num-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="image-decoding processes (default 0: decode in the main process)",
+    )
+    _flag(parser, "device", default=None, help="e.g. cuda:1 or cpu; default cuda if available")
+    _flag(parser, "no-progress", action="store_true", help="no progress bars")
+
+
+def _check_embedding_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    _require_at_least(parser, "--batch-size", args.batch_size, 1)
+    _require_at_least(parser, "--num-workers", args.num_workers, 0)
+
+
+def _load_dataset(name: str, data_dir: str | None, *, progress: bool) -> DatasetDict:
+    """The dataset the trainer would use for ``--dataset NAME --data_dir DIR``."""
+    return load_training_data(
+        ReIDTrainingArguments(dataset=name, data_dir=data_dir, progress=progress)
+    )
+
+
+# ---------------------------------------------------------------------- commands
+@dataclass(frozen=True)
+class _Command:
+    name: str
+    summary: str  # one line, in the command list
+    description: str  # what it does, then an example
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+    parser_options: dict[str, Any] = field(default_factory=dict)
+
+
+# --- train
+_TRAIN_DESCRIPTION = """\
+Train a re-ID model with ReIDTrainer (Accelerate: one CPU, one GPU or many). Every flag
+below is a field of ReIDTrainingArguments and goes to the trainer as given; --preset fills
+in a recipe (la_transformer: the paper's; tiny: a small model for CPU minutes) and explicit
+flags win. A single .yaml or .json argument is read as a file of flag values. The run writes
+<output_dir>/best and <output_dir>/last (safetensors, configs, model card), metrics.jsonl
+and a resumable state/ (--resume). For several GPUs:
+'accelerate launch -m reid_transformers.cli train ...'.
+
+example:
+  reid-transformers train --preset tiny --output_dir runs/tiny
+  reid-transformers train --preset la_transformer --dataset market1501 \\
+      --data_dir /data/Market-1501-v15.09.15 --output_dir runs/la-market
+"""
+
+
+def _configure_train(parser: argparse.ArgumentParser) -> None:
+    # The trainer's own parser reads these; see _run_train.
+    parser.add_argument("trainer_args", nargs=argparse.REMAINDER)
+
+
+def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    argv: list[str] = args.trainer_args
+    if not argv:
+        parser.error(
+            f"no training flags given; try '{parser.prog} --preset tiny' (a small model on the "
+            f"synthetic data, minutes on a CPU)"
+        )
+    # Parsed first with a parser named after this command, for a --help and error lines that
+    # say 'reid-transformers train'; parse_arguments then builds the arguments (presets,
+    # config files) exactly as for examples/train.py. A single bare argument is a config file,
+    # which only parse_arguments reads.
+    if len(argv) > 1 or argv[0].startswith("-"):
+        _TrainerParser(
+            ReIDTrainingArguments,
+            prog=parser.prog,
+            description=_TRAIN_DESCRIPTION,
+            formatter_class=_TrainerFormatter,
+        ).parse_args(argv)
+    training_args = parse_arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    trainer = ReIDTrainer(training_args)
+    metrics = trainer.train()
+    if trainer.accelerator.is_main_process:
+        print(json.dumps(metrics, indent=2))
+        output = Path(training_args.output_dir)
+        print(f"Checkpoints: {output / 'best'}, {output / 'last'}")
+    return 0
+
+
+# --- evaluate
+_EVALUATE_DESCRIPTION = """\
+Evaluate a checkpoint on a dataset's query / gallery split under the Market-1501 protocol
+and print mAP, rank-1/5/10 and mINP (in %). The query and gallery images are embedded with
+the checkpoint's model and image processor, ranked by cosine (or Euclidean) distance, and
+scored; gallery images of the query's identity from the query's own camera are ignored.
+--flip averages every embedding with its mirror image's; --rerank adds a second row with
+k-reciprocal re-ranking. --json saves the numbers (the input of 'reid-transformers card').
+
+example:
+  reid-transformers evaluate --model runs/la-market/best --dataset market1501 \\
+      --data-dir /data/Market-1501-v15.09.15 --flip --rerank --json runs/la-market/eval.json
+"""
+
+
+def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
+    _add_model_flag(parser, "checkpoint folder (save_pretrained of model and processor) or Hub id")
+    _add_dataset_flag(parser, default="synthetic")
+    _flag(parser, "data-dir", metavar="DIR", help="dataset root (for synthetic: where to cache it)")
+    _flag(parser, "distance", default="cosine", choices=DISTANCE_METRICS, help="default cosine")
+    _flag(parser, "rerank", action="store_true", help="also report k-reciprocal re-ranking")
+    _flag(
+        parser,
+        "json",
+        metavar="PATH",
+        help="also write the results as JSON to PATH ('-': print them after the table)",
+    )
+    _add_embedding_flags(parser)
+
+
+def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _check_embedding_flags(parser, args)
+    checkpoint_source(args.model)  # a wrong --model fails before the dataset is read
+    progress = not args.no_progress
+    data = _load_dataset(args.dataset, args.data_dir, progress=progress)
+    result = evaluate_checkpoint(
+        args.model,
+        data,
+        dataset=args.dataset,
+        distance=args.distance,
+        flip=args.flip,
+        rerank=args.rerank,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        progress=progress,
+    )
+    print(result.format_table())
+    if args.json == "-":
+        print(json.dumps(result.to_dict()))
+    elif args.json is not None:
+        print(f"Wrote {result.save(args.json)}")
+    return 0
+
+
+# --- extract
+_EXTRACT_DESCRIPTION = """\
+Embed images with a checkpoint and save the embeddings to an .npz file: the arrays
+embeddings (N, D) float32, pids, camids (0-based; -1 = unknown), paths, splits (the split
+each row came from), model and flip; np.load(path) reads it, no pickles. The images are a
+dataset's splits (--dataset, with --split: train, query, gallery or all; train identities
+are stored with the dataset's own ids, not the 0..C-1 training labels) or every image under
+a folder (--images; identities read from Market-1501-style names such as
+0002_c1s1_000451_03.jpg, else -1). An existing output is only replaced with --overwrite;
+the file is written to a temporary name and renamed, so it is never left half written.
+
+example:
+  reid-transformers extract --model runs/la-market/best --dataset market1501 \\
+      --data-dir /data/Market-1501-v15.09.15 --split gallery --flip --output gallery.npz
+  reid-transformers extract --model runs/la-market/best --images crops/ --output crops.npz
+"""
+
+
+def _configure_extract(parser: argparse.ArgumentParser) -> None:
+    _add_model_flag(parser, "checkpoint folder (save_pretrained of model and processor) or Hub id")
+    source = parser.add_mutually_exclusive_group(required=True)
+    _add_dataset_flag(source, default=None)
+    _flag(
+        source,
+        "images",
+        metavar="DIR",
+        help="a folder of images (searched recursively), or a dataset saved with save_to_disk",
+    )
+    _flag(parser, "data-dir", metavar="DIR", help="with --dataset: the dataset root")
+    _flag(parser, "split", choices=(*SPLITS, "all"), help="with --dataset: default all")
+    _flag(parser, "output", required=True, metavar="FILE.npz", help="the embeddings file")
+    _flag(parser, "overwrite", action="store_true", help="replace an existing --output")
+    _add_embedding_flags(parser)
+
+
+def _run_extract(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _check_embedding_flags(parser, args)
+    output = Path(args.output)
+    if output.suffix != ".npz":
+        parser.error(f"--output must end in .npz, got {output}")
+    if output.exists() and not args.overwrite:
+        parser.error(f"--output {output} already exists; add --overwrite to replace it")
+    if args.images is not None and (args.data_dir is not None or args.split is not None):
+        parser.error("--data-dir and --split go with --dataset, not with --images")
+    checkpoint_source(args.model)  # a wrong --model fails before the images are read
+    progress = not args.no_progress
+    splits: dict[str, Dataset]
+    if args.images is not None:
+        splits = {"images": load_gallery(args.images)}
+    else:
+        data = _load_dataset(args.dataset, args.data_dir, progress=progress)
+        names = SPLITS if args.split in (None, "all") else (args.split,)
+        splits = {name: data[name] for name in names}
+    embeddings = extract_checkpoint_embeddings(
+        args.model,
+        splits,
+        flip=args.flip,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        progress=progress,
+    )
+    path = embeddings.save(output, overwrite=args.overwrite)
+    counts = ", ".join(f"{name} {len(dataset)}" for name, dataset in splits.items())
+    print(
+        f"Wrote {len(embeddings)} embeddings of dimension {embeddings.embeddings.shape[1]} "
+        f"({counts}) to {path}"
+    )
+    return 0
+
+
+# --- search
+_SEARCH_DESCRIPTION = """\
+Search a gallery of person crops for one query image and draw the ranked list. The gallery
+(a folder of images, searched recursively, or a dataset saved with save_to_disk) is
+embedded and put in an exact cosine FAISS index; with --index-dir the index is saved there
+and reused by later runs while it still fits (same images, same model and --flip setting).
+Prints the top-k as 'rank score pid camid path' (cosine similarity, higher is better;
+camid 0-based; -1 = unknown; identities come from Market-1501-style file names such as
+0002_c1s1_000451_03.jpg) and writes a PNG: the query, then the matches framed green (same
+identity), red (another) or grey (unknown).
+
+example:
+  reid-transformers search --model runs/la-market/best --gallery gallery_folder/ \\
+      --query person.jpg --top-k 10 --index-dir gallery_index/ --output ranked.png
+"""
+
+
+def _configure_search(parser: argparse.ArgumentParser) -> None:
+    _add_model_flag(parser, "checkpoint folder (save_pretrained of model and processor) or Hub id")
+    _flag(
+        parser,
+        "gallery",
+        required=True,
+        metavar="PATH",
+        help="folder of images, or a dataset saved with save_to_disk",
+    )
+    _flag(parser, "query", required=True, metavar="IMAGE", help="query image file")
+    _flag(parser, "top-k", type=int, default=10, metavar="K", help="matches to show (default 10)")
+    _flag(
+        parser,
+        "index-dir",
+        metavar="DIR",
+        help="save the gallery index here, and reuse it when it still fits",
+    )
+    _flag(
+        parser,
+        "output",
+        default="ranked.png",
+        metavar="FILE.png",
+        help="PNG of the ranked list (default ranked.png)",
+    )
+    _add_embedding_flags(parser)
+
+
+def _run_search(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _check_embedding_flags(parser, args)
+    if not Path(args.gallery).exists():
+        parser.error(f"--gallery {args.gallery} does not exist")
+    if not Path(args.query).is_file():
+        parser.error(f"--query {args.query} is not a file")
+    _require_at_least(parser, "--top-k", args.top_k, 1)
+    if Path(args.output).suffix.lower() != ".png":
+        parser.error(f"--output must end in .png, got {args.output}")
+    model, processor = load_checkpoint(args.model, device=args.device)
+    gallery = load_gallery(args.gallery)
+    prepared = prepare_gallery_index(
+        model,
+        processor,
+        gallery,
+        index_dir=args.index_dir,
+        batch_size=args.batch_size,
+        flip=args.flip,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+    )
+    print(prepared.describe())
+    found = search_gallery(
+        model,
+        processor,
+        prepared.index,
+        gallery,
+        args.query,
+        k=args.top_k,
+        flip=args.flip,
+        output=args.output,
+    )
+    print(found.format_table())
+    print(f"Wrote {found.picture}")
+    return 0
+
+
+# --- card
+_CARD_DESCRIPTION = """\
+Write a checkpoint's model card (README.md) from its architecture's template: what the model
+is, how to load it, intended and out-of-scope uses, risks and legal obligations, the data,
+the metrics table and the architecture settings. --metrics takes the --json file of
+'reid-transformers evaluate' (or a plain {"mAP": ..., "rank-1": ...} dictionary with
+fractions in [0, 1]); --repo-id makes the loading snippets name the Hub repository. Metrics,
+dataset, model name and base model that the previous card's metadata records are kept
+unless given here. The card is written to a temporary file and renamed into place.
+
+example:
+  reid-transformers card --model runs/la-market/best --metrics runs/la-market/eval.json \\
+      --repo-id my-org/la-transformer-market1501
+"""
+
+
+def _configure_card(parser: argparse.ArgumentParser) -> None:
+    _add_model_flag(parser, "checkpoint folder to write README.md into")
+    _flag(parser, "metrics", metavar="FILE.json", help="evaluation results to put in the card")
+    _add_dataset_flag(parser, default=None)
+    _flag(parser, "repo-id", metavar="ORG/NAME", help="the Hub repository the card is for")
+    _flag(
+        parser,
+        "model-name",
+        metavar="NAME",
+        help="title (default: the repository's name, the previous card's, or the folder's)",
+    )
+
+
+def _describe_card(update: ModelCardUpdate) -> str:
+    lines = [f"Wrote {update.path} ('{update.model_name}')"]
+    if update.has_metrics:
+        lines.append(f"Metrics on {update.dataset} are in the card.")
+    else:
+        lines.append("No metrics in the card (pass --metrics with the --json of evaluate).")
+    if update.kept:
+        lines.append(f"Kept from the previous card: {', '.join(update.kept)}.")
+    if update.replaced:
+        lines.append(
+            "The previous card's training-recipe table, if it had one, is not in its "
+            "metadata and was not kept."
+        )
+    return "\n".join(lines)
+
+
+def _run_card(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    evaluation = CheckpointEvaluation.load(args.metrics) if args.metrics else None
+    update = write_model_card(
+        args.model,
+        evaluation=evaluation,
+        dataset=args.dataset,
+        repo_id=args.repo_id,
+        model_name=args.model_name,
+    )
+    print(_describe_card(update))
+    return 0
+
+
+# --- push
+_PUSH_DESCRIPTION = """\
+Upload a checkpoint folder (weights, configs and model card) to the Hugging Face Hub in one
+commit, creating the repository if needed. The folder is checked first, without any request
+(model.safetensors, config.json, preprocessor_config.json and README.md); hidden and pickled
+files are never uploaded, and files the repository already holds unchanged are not sent
+again. --update-card first re-renders README.md so that its loading snippets name the
+repository (see 'card'). Log in with 'hf auth login' or set HF_TOKEN rather than passing
+--token: command lines are visible to other users of the machine. If the Hub cannot be
+reached or refuses, the error says what to do; nothing local is changed.
+
+example:
+  reid-transformers push --model runs/la-market/best --repo-id my-org/la-transformer-market1501 \\
+      --update-card
+"""
+
+
+def _configure_push(parser: argparse.ArgumentParser) -> None:
+    _add_model_flag(parser, "checkpoint folder to upload")
+    _flag(parser, "repo-id", required=True, metavar="ORG/NAME", help="the Hub repository")
+    _flag(parser, "private", action="store_true", help="create the repository private")
+    _flag(parser, "token", help="a Hub write token (default: the stored login or HF_TOKEN)")
+    _flag(
+        parser,
+        "update-card",
+        action="store_true",
+        help="re-render README.md with the repository id before uploading",
+    )
+    _flag(
+        parser,
+        "commit-message",
+        metavar="TEXT",
+        help="default: 'Upload <model_type> checkpoint'",
+    )
+
+
+def _run_push(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    folder = Path(args.model)
+    if args.update_card:
+        print(_describe_card(write_model_card(folder, repo_id=args.repo_id)))
+    elif folder.is_dir() and not (folder / "README.md").is_file():
+        parser.error(
+            f"{folder} has no README.md model card; write one with "
+            f"'{PROG} card --model {folder}' or add --update-card"
+        )
+    url = push_to_hub(
+        folder,
+        args.repo_id,
+        token=args.token,
+        private=args.private,
+        commit_message=args.commit_message,
+    )
+    print(f"Pushed {folder} to {args.repo_id}: {url}")
+    return 0
+
+
+_COMMANDS: dict[str, _Command] = {
+    command.name: command
+    for command in (
+        _Command(
+            "train",
+            "train a model (flags of ReIDTrainingArguments)",
+            _TRAIN_DESCRIPTION,
+            _configure_train,
+            _run_train,
+            # Everything after 'train' goes to the trainer's parser untouched: with no
+            # option prefix of its own, this parser takes every argument as a positional.
+            parser_options={"add_help": False, "prefix_chars": "+"},
+        ),
+        _Command(
+            "evaluate",
+            "mAP / CMC / mINP of a checkpoint on a dataset",
+            _EVALUATE_DESCRIPTION,
+            _configure_evaluate,
+            _run_evaluate,
+        ),
+        _Command(
+            "extract",
+            "save a checkpoint's embeddings of a dataset or folder (.npz)",
+            _EXTRACT_DESCRIPTION,
+            _configure_extract,
+            _run_extract,
+        ),
+        _Command(
+            "search",
+            "search a gallery for a query image, draw the ranked list",
+            _SEARCH_DESCRIPTION,
+            _configure_search,
+            _run_search,
+        ),
+        _Command(
+            "card",
+            "write a checkpoint's model card (README.md)",
+            _CARD_DESCRIPTION,
+            _configure_card,
+            _run_card,
+        ),
+        _Command(
+            "push",
+            "upload a checkpoint and its card to the Hugging Face Hub",
+            _PUSH_DESCRIPTION,
+            _configure_push,
+            _run_push,
+        ),
+    )
+}
+
+_DESCRIPTION = f"""\
+Person re-identification with reid_transformers: train a model, evaluate it under the
+Market-1501 protocol, embed and search images with it, and publish it with a model card.
+Checkpoints are folders written by save_pretrained (model.safetensors, config.json,
+preprocessor_config.json, README.md); the trainer writes them. Multi-word flags take
+hyphens or underscores (--data-dir or --data_dir).
+
+a first run, on the synthetic data (minutes on a CPU):
+  {PROG} train --preset tiny --output_dir runs/tiny
+  {PROG} evaluate --model runs/tiny/best --json runs/tiny/eval.json
+  {PROG} card --model runs/tiny/best --metrics runs/tiny/eval.json
+
+'{PROG} COMMAND --help' describes a command, with an example.
+"""
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The full command-line parser: global flags, then one sub-parser per command."""
+    parser = _Parser(prog=prog, description=_DESCRIPTION, formatter_class=_Formatter)
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the full traceback of an error"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
+    for command in _COMMANDS.values():
+        sub = commands.add_parser(
+            command.name,
+            help=command.summary,
+            description=command.description,
+            formatter_class=_Formatter,
+            **command.parser_options,
+        )
+        command.configure(sub)
+        sub.set_defaults(_command=command, _parser=sub)
+    return parser
+
+
+def _execute(
+    command: _Command,
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    *,
+    show_traceback: bool,
+) -> int:
+    try:
+        return command.run(args, parser)
+    except HubPushError as error:
+        if show_traceback:
+            raise
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 1
+    except _USAGE_ERRORS as error:
+        if show_traceback:
+            raise
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"{parser.prog}: error: {message} ({_TRACEBACK_HINT})", file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``reid-transformers`` with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    Bad flags and ``--help`` / ``--version`` end in ``SystemExit`` (status 2 and 0), as with any
+    argparse program; errors met while running return 2 (usage) or 1 (Hub push) after one line
+    on stderr.
+    """
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    return _execute(args._command, args, args._parser, show_traceback=args.traceback)
+
+
+def run_command(name: str, argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Run one command as a program of its own, e.g. ``run_command("search", prog="search.py")``.
+
+    For scripts that wrap a single command: ``argv`` (default ``sys.argv[1:]``) holds that
+    command's flags only, and ``prog`` names the program in help and error lines (default
+    ``reid-transformers NAME``). Exit behaviour as for :func:`main`.
+
+    Raises:
+        ValueError: ``name`` is not a command.
+    """
+    if name not in _COMMANDS:
+        raise ValueError(f"unknown command {name!r}; expected one of {sorted(_COMMANDS)}")
+    command = _COMMANDS[name]
+    parser = _Parser(
+        prog=prog or f"{PROG} {name}",
+        description=command.description,
+        formatter_class=_Formatter,
+        **command.parser_options,
+    )
+    command.configure(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    return _execute(command, args, parser, show_traceback=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
