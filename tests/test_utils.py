@@ -46,3 +46,24 @@ def test_failed_swap_restores_the_old_folder(tmp_path, monkeypatch):
         replace_directory(staging, target)
     assert (target / "file.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["staging", "target"]
+
+
+def test_write_atomically_replaces_or_refuses_and_leaves_no_temporary(tmp_path):
+    from reid_transformers.utils import write_atomically
+
+    target = tmp_path / "sub" / "out.bin"
+    write_atomically(target, lambda f: f.write(b"one"))
+    assert target.read_bytes() == b"one"
+    write_atomically(target, lambda f: f.write(b"two"))
+    assert target.read_bytes() == b"two"
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_atomically(target, lambda f: f.write(b"three"), overwrite=False)
+
+    def failing(handle):
+        handle.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_atomically(target, failing)
+    assert target.read_bytes() == b"two"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.bin"]

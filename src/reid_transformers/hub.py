@@ -21,7 +21,6 @@ import math
 import numbers
 import os
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -33,7 +32,7 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, Reposit
 from huggingface_hub.utils import httpx as hub_httpx  # the HTTP client huggingface_hub uses
 from transformers import PreTrainedConfig
 
-from .utils import fsync_directory
+from .utils import write_atomically
 
 __all__ = [
     "KNOWN_DATASETS",
@@ -293,22 +292,8 @@ def save_model_card(card: ModelCard, directory: str | os.PathLike[str]) -> Path:
         )
     if not directory.is_dir():
         raise NotADirectoryError(f"{directory} is not a folder; expected a checkpoint folder")
-    target = directory / "README.md"
-    # A unique sibling opened with "x" (not mkstemp, whose 0600 mode would survive the
-    # rename): the card gets the permissions the user's umask gives any new file.
-    staging = directory / f".README.md.{uuid.uuid4().hex}.tmp"
-    try:
-        # newline="" keeps the card's own line endings, as ModelCard.save does.
-        with open(staging, "x", encoding="utf-8", newline="") as handle:
-            handle.write(str(card))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(staging, target)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
-    fsync_directory(directory)
-    return target
+    # Bytes keep the card's own line endings, as ModelCard.save does.
+    return write_atomically(directory / "README.md", lambda f: f.write(str(card).encode("utf-8")))
 
 
 def _check_repo_id(repo_id: str) -> None:

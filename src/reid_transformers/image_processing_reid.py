@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeAlias, Unpack
@@ -50,7 +49,7 @@ from transformers.image_utils import (
 )
 from transformers.processing_utils import ImagesKwargs
 
-from .utils import fsync_directory
+from .utils import write_atomically
 
 SingleImage: TypeAlias = PIL.Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
 """One image: a PIL image, a 2-D/3-D array or tensor, or the path of an image file."""
@@ -274,22 +273,8 @@ class ReIDImageProcessor(PilBackend):
         target, so an interrupted ``save_pretrained`` never leaves a truncated
         ``preprocessor_config.json`` behind.
         """
-        target = Path(json_file_path)
         text = self.to_json_string()
-        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-        # os.open with 0o666 honours the umask, so the final file gets the usual permissions
-        # (tempfile.mkstemp would leave it private, 0o600).
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        fsync_directory(target.parent)
+        write_atomically(Path(json_file_path), lambda f: f.write(text.encode("utf-8")))
 
     # --- transformers hooks -------------------------------------------------------------
 

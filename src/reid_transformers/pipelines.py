@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +38,7 @@ from . import models as _models  # noqa: F401  (registers the architectures with
 from .evaluation import DISTANCE_METRICS, ReIDMetric
 from .hub import KNOWN_DATASETS, render_model_card, save_model_card
 from .retrieval.extraction import ImageProcessor, extract_embeddings
-from .utils import fsync_directory
+from .utils import write_atomically
 
 __all__ = [
     "EMBEDDING_FILE_KEYS",
@@ -150,43 +149,6 @@ def load_checkpoint(
     return loaded.to(target).eval(), processor
 
 
-# ---------------------------------------------------------------------- atomic files
-def _write_atomically(path: Path, write: Callable[[IO[bytes]], None], *, overwrite: bool) -> Path:
-    """Write ``path`` through a temporary sibling renamed into place (parents are created).
-
-    Without ``overwrite`` the finished file is hard-linked to ``path``, which fails if
-    ``path`` appeared in the meantime, so an existing file is never replaced even by a
-    concurrent writer; file systems without hard links fall back to check-then-rename.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        # "x" rather than mkstemp, whose 0600 mode would survive the rename.
-        with open(temp, "xb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(temp, path)
-        else:
-            try:
-                os.link(temp, path)
-            except FileExistsError:
-                raise FileExistsError(
-                    f"{path} already exists; pass overwrite=True to replace it"
-                ) from None
-            except OSError:
-                if path.exists():
-                    raise FileExistsError(
-                        f"{path} already exists; pass overwrite=True to replace it"
-                    ) from None
-                os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    fsync_directory(path.parent)
-    return path
-
-
 # ---------------------------------------------------------------------- evaluation
 @dataclass(frozen=True)
 class CheckpointEvaluation:
@@ -293,7 +255,7 @@ class CheckpointEvaluation:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_dict` as JSON to ``path`` atomically (replacing an older file)."""
         text = json.dumps(self.to_dict(), indent=2) + "\n"
-        return _write_atomically(
+        return write_atomically(
             Path(path), lambda handle: handle.write(text.encode("utf-8")), overwrite=True
         )
 
@@ -467,7 +429,7 @@ class EmbeddingSet:
             "model": np.asarray(self.model),
             "flip": np.asarray(self.flip),
         }
-        return _write_atomically(
+        return write_atomically(
             path, lambda handle: np.savez(handle, **arrays), overwrite=overwrite
         )
 

@@ -6,7 +6,9 @@ import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 
 def default_cache_dir() -> Path:
@@ -66,3 +68,42 @@ def fsync_directory(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_atomically(
+    path: Path, write: Callable[[IO[bytes]], None], *, overwrite: bool = True
+) -> Path:
+    """Write ``path`` through a temporary sibling renamed into place (parents are created).
+
+    Without ``overwrite`` the finished file is hard-linked to ``path``, which fails if
+    ``path`` appeared in the meantime, so an existing file is never replaced even by a
+    concurrent writer; file systems without hard links fall back to check-then-rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        # "x" rather than mkstemp, whose 0600 mode would survive the rename.
+        with open(temp, "xb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                raise FileExistsError(
+                    f"{path} already exists; pass overwrite=True to replace it"
+                ) from None
+            except OSError:
+                if path.exists():
+                    raise FileExistsError(
+                        f"{path} already exists; pass overwrite=True to replace it"
+                    ) from None
+                os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    fsync_directory(path.parent)
+    return path

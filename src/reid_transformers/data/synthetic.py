@@ -40,7 +40,7 @@ import PIL
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
-from ..utils import default_cache_dir, replace_directory
+from ..utils import default_cache_dir, replace_directory, write_atomically
 
 __all__ = [
     "SYNTHETIC_FORMAT_VERSION",
@@ -508,9 +508,8 @@ def _missing_files(root: Path, manifest: Mapping[str, Any]) -> str | None:
 
 
 def _write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _install(staging: Path, root: Path, params: Mapping[str, Any]) -> None:

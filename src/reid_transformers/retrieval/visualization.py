@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import numbers
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -27,7 +26,7 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import PIL.ImageOps
 
-from ..utils import fsync_directory
+from ..utils import write_atomically
 
 __all__ = [
     "BACKGROUND_COLOR",
@@ -220,19 +219,7 @@ def save_ranked_list(
         tile_size=tile_size,
         border=border,
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(temp, "xb") as handle:
-            image.save(handle, format="PNG")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fsync_directory(target.parent)
-    return target
+    return write_atomically(target, lambda f: image.save(f, format="PNG"))
 
 
 def _check_tile_size(tile_size: object) -> tuple[int, int]:
