@@ -49,6 +49,9 @@ def test_training_writes_checkpoints_cards_and_logs(tmp_path, data):
         assert "mAP" in (folder / "README.md").read_text()
     log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("train_loss" in r for r in log) and any("mAP" in r for r in log)
+    # Cosine over 2 epochs, one rate per epoch: 1e-3, then half of it.
+    rates = [r["learning_rate"] for r in log if "train_loss" in r]
+    assert rates == pytest.approx([1e-3, 5e-4])
     model = AutoModel.from_pretrained(tmp_path / "last")
     processor = AutoImageProcessor.from_pretrained(tmp_path / "last")
     assert model.config.num_identities == data["train"].features["pid"].num_classes

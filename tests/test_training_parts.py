@@ -57,13 +57,13 @@ def test_unfreezing_rejects_bad_settings():
 
 def test_warmup_then_cosine_and_multistep():
     cosine = WarmupSchedule("cosine", total=10, warmup=2, warmup_factor=0.1, unit="epoch")
-    factors = [cosine.factor(step, steps_per_epoch=5) for step in range(0, 50, 5)]
+    factors = [cosine.factor(epoch, step=5 * epoch) for epoch in range(10)]
     assert factors[0] == pytest.approx(0.1) and factors[1] == pytest.approx(0.55)
     assert factors[2] == pytest.approx(1.0)
     assert factors[-1] < factors[3] and factors == sorted(factors[:3]) + factors[3:]
-    assert cosine.factor(3, 5) == cosine.factor(0, 5)  # per epoch: constant within an epoch
+    assert cosine.factor(3, step=17) == cosine.factor(3, step=19)  # constant within an epoch
     steps = WarmupSchedule("multistep", total=100, milestones=(40, 90), gamma=0.1, unit="step")
-    assert [steps.factor(s, 7) for s in (0, 39, 40, 95)] == pytest.approx([1, 1, 0.1, 0.01])
+    assert [steps.factor(0, s) for s in (0, 39, 40, 95)] == pytest.approx([1, 1, 0.1, 0.01])
     with pytest.raises(ValueError, match="schedule must be one of"):
         WarmupSchedule("linear")
     with pytest.raises(ValueError, match="milestones must be increasing"):

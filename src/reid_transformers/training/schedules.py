@@ -53,9 +53,10 @@ class WarmupSchedule:
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"milestones must be increasing, got {list(self.milestones)}")
 
-    def factor(self, step: int, steps_per_epoch: int) -> float:
-        """Multiplier for optimizer ``step`` (0-based) when an epoch has ``steps_per_epoch``."""
-        t = step // steps_per_epoch if self.unit == "epoch" else step
+    def factor(self, epoch: int, step: int) -> float:
+        """Multiplier during ``epoch`` (0-based) at optimizer ``step`` (0-based, counted over
+        the whole run); the unit decides which of the two counts."""
+        t = epoch if self.unit == "epoch" else step
         if t < self.warmup:
             return self.warmup_factor + (1 - self.warmup_factor) * t / self.warmup
         if self.name == "cosine":

@@ -181,14 +181,13 @@ class ReIDTrainer:
         optimizer = self._make_optimizer(model)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
-        self.steps_per_epoch = max(
-            1, math.ceil(len(self.sampler) / args.gradient_accumulation_steps)
-        )
+        # PK epochs vary slightly in length; only step-unit schedules need this estimate.
+        steps_per_epoch = max(1, math.ceil(len(self.sampler) / args.gradient_accumulation_steps))
         self.schedule = WarmupSchedule(
             name=args.scheduler,
             total=args.epochs
             if args.schedule_unit == "epoch"
-            else args.epochs * self.steps_per_epoch,
+            else args.epochs * steps_per_epoch,
             warmup=args.warmup,
             warmup_factor=args.warmup_factor,
             milestones=tuple(args.milestones),
@@ -217,7 +216,7 @@ class ReIDTrainer:
         return self.accelerator.unwrap_model(self.model)
 
     def _set_learning_rate(self, epoch: int) -> float:
-        factor = self.schedule.factor(self.state.global_step, self.steps_per_epoch)
+        factor = self.schedule.factor(epoch, self.state.global_step)
         if self.unfreezing is not None:
             num_blocks = len(self.unwrapped_model.unfreezable_blocks())
             factor *= self.unfreezing.lr_factor(epoch, num_blocks)
