@@ -98,6 +98,9 @@ def test_arguments_from_flags_preset_and_files(tmp_path):
     bad.write_text(json.dumps({"epocks": 3}))
     with pytest.raises(ValueError, match="unknown arguments"):
         parse_arguments([str(bad)])
+    aaformer = parse_arguments(["--preset", "aaformer"])
+    assert (aaformer.model, aaformer.optimizer, aaformer.learning_rate) == ("aaformer", "sgd", 8e-3)
+    assert aaformer.warmup == 10 and aaformer.warmup_factor == 0.1
     with pytest.raises(ValueError, match="unknown preset"):
         parse_arguments(["--preset", "huge"])
     with pytest.raises(ValueError, match="optimizer must be one of"):

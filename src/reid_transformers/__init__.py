@@ -12,12 +12,18 @@ from .image_processing_reid import ReIDImageProcessor, ViTReIDImageProcessor  # 
 from .modeling_outputs import ReIDModelOutput  # noqa: E402
 from .models import (  # noqa: E402  (registers the Auto classes)
     ARCHITECTURES,
+    AAformerConfig,
+    AAformerImageProcessor,
+    AAformerModel,
     LATransformerConfig,
     LATransformerImageProcessor,
     LATransformerModel,
 )
 
 __all__ = [
+    "AAformerConfig",
+    "AAformerImageProcessor",
+    "AAformerModel",
     "ARCHITECTURES",
     "HubPushError",
     "LATransformerConfig",

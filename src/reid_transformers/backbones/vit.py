@@ -50,6 +50,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+#: A mask computed from a layer's own queries and keys, each ``(B, heads, T, head_dim)``.
+MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 __all__ = [
     "DropPath",
     "LoadReport",
@@ -334,7 +337,7 @@ class ViTSelfAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | MaskFn | None = None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attend.
@@ -343,6 +346,9 @@ class ViTSelfAttention(nn.Module):
             hidden_states: ``(B, T, D)``.
             attention_mask: additive float mask (0 = attend, ``-inf`` = blocked),
                 broadcastable to ``(B, heads, T, T)``; a query row must keep at least one key.
+                Or a callable ``(query, key) -> mask`` (each ``(B, heads, T, head_dim)``),
+                for masks that depend on this layer's queries and keys (AAformer's
+                part-to-patch alignment); it is called once, after the projection.
             output_attentions: return the attention weights; needs the eager implementation.
 
         Returns:
@@ -357,6 +363,8 @@ class ViTSelfAttention(nn.Module):
             )
         batch_size, length, hidden_size = hidden_states.shape
         query, key, value = self.project_qkv(hidden_states)
+        if callable(attention_mask):
+            attention_mask = attention_mask(query, key)
         if attention_mask is not None:
             attention_mask = self._checked_mask(attention_mask, query)
         attention: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] = (
@@ -409,7 +417,7 @@ class ViTAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | MaskFn | None = None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(B, T, D)`` -> ``((B, T, D), weights (B, heads, T, T) or None)``; see
@@ -495,7 +503,7 @@ class ViTLayer(GradientCheckpointingLayer):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | MaskFn | None = None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Apply the block.
@@ -560,7 +568,7 @@ class ViTEncoder(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | MaskFn | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> BaseModelOutput:

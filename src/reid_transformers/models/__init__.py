@@ -2,11 +2,13 @@
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
+from .aaformer import AAformerConfig, AAformerImageProcessor, AAformerModel
 from .la_transformer import LATransformerConfig, LATransformerImageProcessor, LATransformerModel
 
 # (config, model, image processor) of every architecture: the one list a new one joins.
 ARCHITECTURES = (
     (LATransformerConfig, LATransformerModel, LATransformerImageProcessor),
+    (AAformerConfig, AAformerModel, AAformerImageProcessor),
 )
 
 
@@ -22,6 +24,9 @@ def _register() -> None:
 _register()
 
 __all__ = [
+    "AAformerConfig",
+    "AAformerImageProcessor",
+    "AAformerModel",
     "ARCHITECTURES",
     "LATransformerConfig",
     "LATransformerImageProcessor",

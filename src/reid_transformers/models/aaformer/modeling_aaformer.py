@@ -1,0 +1,204 @@
+"""AAformer: Auto-Aligned Transformer for person re-identification.
+
+Zhu, Guo, Liu, Tang, Wang, "AAformer: Auto-Aligned Transformer for Person
+Re-Identification", IEEE TNNLS 2023 (arXiv:2104.00921). Learnable [PART] tokens join the
+ViT's [CLS] and patch tokens; in every layer each head assigns every patch to one part of
+each granularity group by optimal transport (Multi-head Auto-Alignment), and a part token
+attends only to its patches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+
+from ...backbones import LoadReport, ViTBackbone, load_vit_pretrained
+from ...losses import batch_hard_triplet_loss, cross_entropy_with_label_smoothing
+from ...modeling_outputs import ReIDModelOutput
+from ...modeling_utils import BNNeck, ReIDPreTrainedModel
+from .configuration_aaformer import AAformerConfig
+from .optimal_transport import assign_patches, assignment_mask
+
+
+@dataclass
+class AAformerModelOutput(ReIDModelOutput):
+    """:class:`ReIDModelOutput` plus, when requested, the patch-to-part assignments.
+
+    Attributes:
+        part_assignments: one ``(B, heads, num_groups, N)`` tensor per layer: for every
+            granularity group, the part (an index over all parts, ``0..num_parts - 1``) that
+            each of the ``N`` patches was assigned to by that layer's head.
+    """
+
+    part_assignments: tuple[torch.LongTensor, ...] | None = None
+
+
+class AutoAlignmentMask:
+    """Builds one layer's attention mask from its queries and keys (Multi-head Auto-Alignment).
+
+    Token order is ``[CLS, PART_1..PART_P, patch_1..patch_N]``. [CLS] and patch queries see
+    [CLS] and the patches only, so the backbone computes exactly what a plain ViT does. Each
+    [PART] query sees only the patches assigned to it: per image, head and granularity group,
+    part-to-patch scores ``q_part . k_patch`` go through :func:`assign_patches`.
+    """
+
+    def __init__(self, config: AAformerConfig, record: list[torch.Tensor] | None) -> None:
+        self.granularities = config.part_granularities
+        self.num_parts = config.num_parts
+        self.method = config.assignment
+        self.epsilon = config.ot_epsilon
+        self.iterations = config.ot_iterations
+        self.record = record
+
+    def __call__(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        batch, heads, tokens, _ = query.shape
+        first_patch = 1 + self.num_parts
+        mask = query.new_zeros(batch, heads, tokens, tokens)  # (B, h, T, T), additive
+        mask[:, :, :, 1:first_patch] = float("-inf")  # nobody attends to part tokens ...
+        mask[:, :, 1:first_patch, :] = float("-inf")  # ... and parts only to their patches
+        assignments = []
+        with torch.no_grad():
+            patch_keys = key[:, :, first_patch:]  # (B, h, N, hd)
+            start = 1
+            for offset, size in zip(self._offsets(), self.granularities, strict=True):
+                part_queries = query[:, :, start : start + size]  # (B, h, P_g, hd)
+                scores = part_queries @ patch_keys.transpose(-1, -2)  # (B, h, P_g, N)
+                assigned = assign_patches(
+                    scores, method=self.method, epsilon=self.epsilon, iterations=self.iterations
+                )  # (B, h, N)
+                mask[:, :, start : start + size, first_patch:] = assignment_mask(
+                    assigned, size, mask.dtype
+                )
+                assignments.append(assigned + offset)
+                start += size
+        if self.record is not None:
+            self.record.append(torch.stack(assignments, dim=2))  # (B, h, groups, N)
+        return mask
+
+    def _offsets(self) -> list[int]:
+        offsets, total = [], 0
+        for size in self.granularities:
+            offsets.append(total)
+            total += size
+        return offsets
+
+
+class AAformerPreTrainedModel(ReIDPreTrainedModel):
+    config_class = AAformerConfig
+    base_model_prefix = "aaformer"
+    trunk_parameter_prefixes = ("vit.",)
+    _no_split_modules = ["ViTLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, AAformerModel):
+            init.trunc_normal_(module.part_tokens, std=self.config.initializer_range)
+
+
+class AAformerModel(AAformerPreTrainedModel):
+    """AAformer (ARCHITECTURES.md section 2).
+
+    Input ``pixel_values`` ``(B, 3, H, W)``; ``P = sum(part_granularities)`` part tokens.
+
+    - ``embeddings`` ``(B, (1 + P) * D)``: [CLS] and part outputs, before the BNNecks,
+      concatenated and L2-normalised.
+    - ``logits``: ``1 + P`` tensors ``(B, num_identities)`` ([CLS] first), one BNNeck head
+      each (heads are not shared).
+    - ``loss``: mean over the ``1 + P`` heads of label-smoothed cross-entropy, plus
+      ``triplet_weight * (triplet(CLS) + triplet(concatenated parts))``.
+    - ``features``: ([CLS] feature, concatenated part features), what the triplets use.
+    - ``part_assignments`` with ``output_part_assignments=True``.
+    """
+
+    def __init__(self, config: AAformerConfig) -> None:
+        super().__init__(config)
+        self.vit = ViTBackbone(config)
+        self.part_tokens = nn.Parameter(torch.zeros(1, config.num_parts, config.hidden_size))
+        self.necks = nn.ModuleList(
+            BNNeck(config.hidden_size, config.num_identities) for _ in range(1 + config.num_parts)
+        )
+        self.post_init()
+
+    def unfreezable_blocks(self) -> list[nn.Module]:
+        return self.vit.unfreezable_blocks()
+
+    def load_pretrained_backbone(self, source: str, *, strict: bool = True) -> LoadReport:
+        return load_vit_pretrained(self.vit, source, strict=strict)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        output_part_assignments: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> AAformerModelOutput | tuple:
+        config = self.config
+        return_dict = return_dict if return_dict is not None else config.return_dict
+        output_hidden_states = (
+            output_hidden_states
+            if output_hidden_states is not None
+            else config.output_hidden_states
+        )
+        output_attentions = (
+            output_attentions if output_attentions is not None else config.output_attentions
+        )
+        tokens = self.vit.embeddings(pixel_values)  # (B, 1 + N, D), positions added
+        parts = self.part_tokens.expand(len(tokens), -1, -1).to(tokens.dtype)
+        hidden = torch.cat([tokens[:, :1], parts, tokens[:, 1:]], dim=1)  # (B, 1 + P + N, D)
+
+        record: list[torch.Tensor] | None = [] if output_part_assignments else None
+        mask = AutoAlignmentMask(config, record)
+        all_hidden = [hidden] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        for layer in self.vit.encoder.layers:
+            hidden, weights = layer(hidden, mask, output_attentions)
+            if all_hidden is not None:
+                all_hidden.append(hidden)
+            if all_attentions is not None:
+                all_attentions.append(weights)
+        hidden = self.vit.layernorm(hidden)
+
+        num_tokens = 1 + config.num_parts
+        features = hidden[:, :num_tokens]  # (B, 1 + P, D): [CLS], parts
+        embeddings = F.normalize(features.flatten(1), dim=-1)
+        heads = [neck(features[:, i]) for i, neck in enumerate(self.necks)]
+        logits = tuple(h[1] for h in heads) if config.num_identities else None
+        cls_feature, part_features = features[:, 0], features[:, 1:].flatten(1)
+
+        loss = None
+        if labels is not None:
+            if logits is None:
+                raise ValueError(
+                    "labels were given but the model has no identity heads (num_identities=0)"
+                )
+            identity = torch.stack(
+                [
+                    cross_entropy_with_label_smoothing(h, labels, config.label_smoothing)
+                    for h in logits
+                ]
+            ).mean()
+            triplet = batch_hard_triplet_loss(cls_feature, labels, config.triplet_margin)
+            triplet = triplet + batch_hard_triplet_loss(
+                part_features, labels, config.triplet_margin
+            )
+            loss = identity + config.triplet_weight * triplet
+
+        output = AAformerModelOutput(
+            embeddings=embeddings,
+            pooler_output=embeddings,
+            loss=loss,
+            logits=logits,
+            features=(cls_feature, part_features),
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            attentions=tuple(all_attentions) if all_attentions is not None else None,
+            part_assignments=tuple(record) if record is not None else None,
+        )
+        return output if return_dict else output.to_tuple()
