@@ -136,3 +136,21 @@ def test_part_assignment_picture(tmp_path):
     assert Image.open(path).size == (32, 32)
     with pytest.raises(ValueError, match="grid"):
         render_part_assignments(image, layer, grid=(3, 2))
+
+
+def test_imagenet_vit_weights_load_into_the_backbone_and_parts_stay_fresh(tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    reference = ViTModel(
+        ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                  intermediate_size=64, image_size=32, patch_size=8, layer_norm_eps=1e-6),
+        add_pooling_layer=False,
+    )
+    reference.save_pretrained(tmp_path / "vit")
+    model = tiny_model()
+    parts_before = model.part_tokens.detach().clone()
+    report = model.load_pretrained_backbone(str(tmp_path / "vit"))
+    assert report.loaded and not report.missing
+    fc1 = reference.state_dict()["layers.0.mlp.fc1.weight"]
+    torch.testing.assert_close(model.vit.encoder.layers[0].mlp.fc1.weight, fc1)
+    assert torch.equal(model.part_tokens, parts_before)
