@@ -101,6 +101,8 @@ def test_arguments_from_flags_preset_and_files(tmp_path):
     aaformer = parse_arguments(["--preset", "aaformer"])
     assert (aaformer.model, aaformer.optimizer, aaformer.learning_rate) == ("aaformer", "sgd", 8e-3)
     assert aaformer.warmup == 10 and aaformer.warmup_factor == 0.1
+    pan = parse_arguments(["--preset", "pan"])
+    assert (pan.trunk_lr_factor, pan.milestones, pan.schedule_unit) == (0.1, [5000, 7500], "step")
     with pytest.raises(ValueError, match="unknown preset"):
         parse_arguments(["--preset", "huge"])
     with pytest.raises(ValueError, match="optimizer must be one of"):

@@ -18,6 +18,9 @@ from .models import (  # noqa: E402  (registers the Auto classes)
     LATransformerConfig,
     LATransformerImageProcessor,
     LATransformerModel,
+    PANConfig,
+    PANImageProcessor,
+    PANModel,
 )
 
 __all__ = [
@@ -29,6 +32,9 @@ __all__ = [
     "LATransformerConfig",
     "LATransformerImageProcessor",
     "LATransformerModel",
+    "PANConfig",
+    "PANImageProcessor",
+    "PANModel",
     "ReIDImageProcessor",
     "ReIDModelOutput",
     "ViTReIDImageProcessor",

@@ -19,3 +19,7 @@ __all__ = [
     "ViTLayer",
     "load_vit_pretrained",
 ]
+
+from .resnet import Bottleneck, FrozenBatchNorm2d, ResNetBackbone, load_resnet_pretrained
+
+__all__ += ["Bottleneck", "FrozenBatchNorm2d", "ResNetBackbone", "load_resnet_pretrained"]

@@ -669,22 +669,24 @@ class ViTBackbone(nn.Module):
 
 @dataclass(frozen=True)
 class LoadReport:
-    """What `load_vit_pretrained` did.
+    """What a backbone loader (`load_vit_pretrained`, `load_resnet_pretrained`) did.
 
     Attributes:
-        source_format: ``"huggingface"``, ``"timm"`` or ``"reid_transformers"`` (our own
-            ``ViTBackbone.state_dict()`` layout, possibly under a prefix).
+        source_format: the checkpoint layout. From `load_vit_pretrained` a `SourceFormat`:
+            ``"huggingface"``, ``"timm"`` or ``"reid_transformers"`` (our own
+            ``ViTBackbone.state_dict()`` layout, possibly under a prefix); from
+            `load_resnet_pretrained` ``"huggingface"`` or ``"torchvision"``.
         loaded: backbone parameter names that received checkpoint values.
         missing: backbone parameter names the checkpoint had no value for (left unchanged).
         unexpected: checkpoint keys (checkpoint naming) that match nothing in the backbone.
         ignored: checkpoint keys of heads the backbone has no use for (HF ``pooler.*`` /
-            ``classifier.*``, timm ``head.*`` / ``head_dist.*`` / ``pre_logits.*``): unexpected,
-            but expected to be so.
+            ``classifier.*``, timm ``head.*`` / ``head_dist.*`` / ``pre_logits.*``,
+            torchvision ``fc.*``): unexpected, but expected to be so.
         resized: backbone parameter name -> (checkpoint shape, loaded shape), for the
             position embeddings when the checkpoint's patch grid differs from ours.
     """
 
-    source_format: SourceFormat
+    source_format: str
     loaded: tuple[str, ...]
     missing: tuple[str, ...]
     unexpected: tuple[str, ...]

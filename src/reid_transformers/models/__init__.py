@@ -4,11 +4,13 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from .aaformer import AAformerConfig, AAformerImageProcessor, AAformerModel
 from .la_transformer import LATransformerConfig, LATransformerImageProcessor, LATransformerModel
+from .pan import PANConfig, PANImageProcessor, PANModel
 
 # (config, model, image processor) of every architecture: the one list a new one joins.
 ARCHITECTURES = (
     (LATransformerConfig, LATransformerModel, LATransformerImageProcessor),
     (AAformerConfig, AAformerModel, AAformerImageProcessor),
+    (PANConfig, PANModel, PANImageProcessor),
 )
 
 
@@ -31,4 +33,7 @@ __all__ = [
     "LATransformerConfig",
     "LATransformerImageProcessor",
     "LATransformerModel",
+    "PANConfig",
+    "PANImageProcessor",
+    "PANModel",
 ]

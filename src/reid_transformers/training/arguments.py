@@ -187,6 +187,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pretrained_backbone": "google/vit-base-patch16-224",
         "distance": "cosine",
     },
+    "pan": {
+        # The paper counts iterations: x0.1 at 5000 and 7500, stop at 10000 (about 25
+        # Market-1501 epochs of 8 x 4 batches).
+        "model": "pan",
+        "epochs": 25,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "learning_rate": 0.1,
+        "trunk_lr_factor": 0.1,
+        "weight_decay": 5e-4,
+        "scheduler": "multistep",
+        "schedule_unit": "step",
+        "milestones": [5000, 7500],
+        "gamma": 0.1,
+        "identities_per_batch": 8,
+        "instances_per_identity": 4,
+        "pretrained_backbone": "microsoft/resnet-50",
+        "distance": "cosine",
+    },
     "tiny": {
         "epochs": 40,
         "eval_every": 5,
