@@ -111,3 +111,27 @@ def test_masks_output_and_embedding_shape():
 def test_config_validation(overrides, message):
     with pytest.raises(ValueError, match=message):
         PANConfig(**{**TINY, **overrides})
+
+
+def test_part_mask_picture(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from reid_transformers.models.pan.visualization_pan import render_part_masks, save_part_masks
+
+    model = tiny_model()
+    out = model(torch.randn(1, 3, 64, 32), output_part_masks=True)
+    masks = tuple(m[0] for m in out.part_masks)
+    image = Image.new("RGB", (32, 64), (0, 0, 255))
+    picture = render_part_masks(image, masks, alpha=1.0)
+    assert picture.size == (6 * 32, 64)  # one panel per part
+    panels = np.asarray(picture).reshape(64, 6, 32, 3).transpose(1, 0, 2, 3)
+    flat_masks = torch.cat(masks)  # (6, h, w)
+    for panel, mask in zip(panels, flat_masks, strict=True):
+        if mask.max() > 0:  # the mask's peak is pure red
+            assert ((panel == (255, 0, 0)).all(-1)).any()
+        else:  # an all-zero mask leaves the crop as it was
+            assert (panel == (0, 0, 255)).all()
+    assert Image.open(save_part_masks(tmp_path / "masks.png", image, masks)).size == (192, 64)
+    with pytest.raises(ValueError, match="masks must be"):
+        render_part_masks(image, ())

@@ -1,6 +1,7 @@
 from .configuration_pan import PANConfig
 from .image_processing_pan import PANImageProcessor
 from .modeling_pan import PANModel, PANModelOutput, PANPreTrainedModel, orthogonality_loss
+from .visualization_pan import render_part_masks, save_part_masks
 
 __all__ = [
     "PANConfig",
@@ -9,4 +10,6 @@ __all__ = [
     "PANModelOutput",
     "PANPreTrainedModel",
     "orthogonality_loss",
+    "render_part_masks",
+    "save_part_masks",
 ]

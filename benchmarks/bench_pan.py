@@ -1,0 +1,60 @@
+"""PAN forward cost against its bare ResNet-50 trunk, same run (float32 and bfloat16).
+
+PAN (last stride 1, 384x128, 6 parts, concat fusion) vs ``ResNetBackbone`` with the same
+config, batch 32, eval mode. The issue's target: PAN at most 1.3x the trunk's time per image.
+
+    python benchmarks/bench_pan.py [--batch 32] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import best_time  # noqa: E402
+
+from reid_transformers import PANConfig, PANModel  # noqa: E402
+from reid_transformers.backbones import ResNetBackbone  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+    config = PANConfig()
+    torch.manual_seed(0)
+    model = PANModel(config).eval()
+    trunk = ResNetBackbone(config).eval()
+    trunk.load_state_dict(model.resnet.state_dict())
+    pixels = torch.randn(args.batch, 3, *config.image_size)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    trunk_params = sum(p.numel() for p in trunk.parameters()) / 1e6
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+          f"{config.image_size[0]}x{config.image_size[1]}; parameters: PAN {params:.1f} M, "
+          f"trunk {trunk_params:.1f} M")
+    print(f"{'dtype':<10}{'trunk s/batch':>15}{'PAN s/batch':>13}{'ratio':>8}")
+    for dtype in (torch.float32, torch.bfloat16):
+        context = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16
+                   else nullcontext())
+
+        def timed(module, context=context):
+            def call():
+                with torch.inference_mode(), context:
+                    return module(pixels)
+
+            call()
+            return best_time(call, args.repeats)[0]
+
+        trunk_s, pan_s = timed(trunk), timed(model)
+        name = str(dtype).removeprefix("torch.")
+        print(f"{name:<10}{trunk_s:15.3f}{pan_s:13.3f}{pan_s / trunk_s:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
