@@ -92,10 +92,16 @@ class PartAwareAttention(nn.Module):
 
     def forward(self, parts: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """parts ``(B, P, 2048)``, level ``(B, C_l, h, w)`` -> ``(B, P, C_out)``."""
-        keys = self.psi(level).flatten(2)  # (B, D, N)
-        values = self.f(level).flatten(2)  # (B, C_out, N)
-        affinity = self.phi(parts) @ keys  # (B, P, N)
-        return affinity @ values.transpose(1, 2) / keys.shape[-1]
+        # psi and f are linear, so they are applied on the P part side instead of at every
+        # one of the N positions: (phi(P) W_psi) X costs P*C*N rather than D*C*N, and
+        # ((phi(P) psi(X)) X^T) W_f^T costs P*N*C + P*C*C_out rather than C_out*C*N.
+        x = level.flatten(2)  # (B, C_l, N)
+        queries = self.phi(parts)  # (B, P, D)
+        psi_weight, f_weight = self.psi.weight.flatten(1), self.f.weight.flatten(1)
+        affinity = (queries @ psi_weight) @ x + (queries @ self.psi.bias).unsqueeze(-1)
+        pooled = affinity @ x.transpose(1, 2)  # (B, P, C_l)
+        out = pooled @ f_weight.T + affinity.sum(-1, keepdim=True) * self.f.bias
+        return out / x.shape[-1]  # (B, P, C_out)
 
 
 class PANPreTrainedModel(ReIDPreTrainedModel):
