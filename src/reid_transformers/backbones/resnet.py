@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedConfig, ResNetConfig
 
-from .vit import LoadReport, _read_state_dict_file, _tensor_dict
+from .vit import LoadReport, _detect_format, _read_state_dict_file, _tensor_dict
 
 __all__ = [
     "Bottleneck",
@@ -393,7 +393,7 @@ def load_resnet_pretrained(
     if not isinstance(backbone, ResNetBackbone):
         raise ValueError(f"backbone must be a ResNetBackbone, got {type(backbone).__name__}")
     state_dict, description = _read_source(source, backbone.num_channels)
-    source_format, prefix = _detect_format(state_dict, description)
+    source_format, prefix = _detect_format(state_dict, description, _FORMAT_MARKERS, "ResNet")
     converted, unexpected, ignored = _convert(state_dict, source_format, prefix)
 
     own = backbone.state_dict()
@@ -507,29 +507,6 @@ def _read_hf_folder(folder: Path, num_channels: int) -> tuple[dict[str, torch.Te
     raise FileNotFoundError(
         f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
     )
-
-
-def _detect_format(
-    state_dict: Mapping[str, torch.Tensor], description: str
-) -> tuple[ResNetSourceFormat, str]:
-    """(layout, prefix in front of the trunk's keys)."""
-    found: set[tuple[ResNetSourceFormat, str]] = set()
-    for key in state_dict:
-        for source_format, marker in _FORMAT_MARKERS.items():
-            if key == marker or key.endswith("." + marker):
-                found.add((source_format, key[: len(key) - len(marker)]))
-    if not found:
-        raise ValueError(
-            f"{description} is not a recognised ResNet checkpoint: no key ends with any of "
-            f"{sorted(_FORMAT_MARKERS.values())}; first keys: {list(state_dict)[:_LIST_LIMIT]}"
-        )
-    if len(found) > 1:
-        layouts = sorted(f"{fmt} under prefix {prefix!r}" for fmt, prefix in found)
-        raise ValueError(
-            f"{description} holds more than one ResNet ({layouts}); extract the one to load "
-            "into a state dict of its own"
-        )
-    return found.pop()
 
 
 def _convert(

@@ -1031,23 +1031,29 @@ def _check_hf_config(hf_config: ViTConfig, config: PreTrainedConfig, description
 
 
 def _detect_format(
-    state_dict: Mapping[str, torch.Tensor], description: str
-) -> tuple[SourceFormat, str]:
-    found: set[tuple[SourceFormat, str]] = set()
+    state_dict: Mapping[str, torch.Tensor],
+    description: str,
+    markers: Mapping[str, str] = _FORMAT_MARKERS,
+    architecture: str = "ViT",
+) -> tuple[str, str]:
+    """(layout, prefix in front of the trunk's keys): the layout whose marker key some
+    checkpoint key ends with; ``markers`` maps each layout to its marker (shared with the
+    ResNet loader)."""
+    found: set[tuple[str, str]] = set()
     for key in state_dict:
-        for source_format, marker in _FORMAT_MARKERS.items():
+        for source_format, marker in markers.items():
             if key == marker or key.endswith("." + marker):
                 found.add((source_format, key[: len(key) - len(marker)]))
     if not found:
         raise ValueError(
-            f"{description} is not a recognised ViT checkpoint: no key ends with any of "
-            f"{sorted(_FORMAT_MARKERS.values())}; first keys: {list(state_dict)[:_LIST_LIMIT]}"
+            f"{description} is not a recognised {architecture} checkpoint: no key ends with any "
+            f"of {sorted(markers.values())}; first keys: {list(state_dict)[:_LIST_LIMIT]}"
         )
     if len(found) > 1:
         layouts = sorted(f"{fmt} under prefix {prefix!r}" for fmt, prefix in found)
         raise ValueError(
-            f"{description} holds more than one ViT ({layouts}); extract the one to load "
-            "into a state dict of its own"
+            f"{description} holds more than one {architecture} ({layouts}); extract the one "
+            "to load into a state dict of its own"
         )
     return found.pop()
 
