@@ -34,13 +34,18 @@ from typing import Literal, TypeAlias
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HFValidationError, StrictDataclassError
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedConfig, ResNetConfig
 
-from .vit import LoadReport, _detect_format, _read_state_dict_file, _tensor_dict
+from .vit import (
+    LoadReport,
+    _detect_format,
+    _read_state_dict_file,
+    _resolve_checkpoint,
+    _tensor_dict,
+)
 
 __all__ = [
     "Bottleneck",
@@ -343,9 +348,6 @@ _HF_ARCHITECTURE = (
     ("downsample_in_bottleneck", False),
 )
 
-_HUB_WEIGHT_FILES = ["config.json", "model.safetensors.index.json", "*.safetensors"]
-_CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _LIST_LIMIT = 10
 
 
@@ -441,26 +443,10 @@ def _read_source(
             "source must be a path, a Hub repository id or a state dict, got "
             f"{type(source).__name__}"
         )
-    path = Path(source).expanduser()
+    path = _resolve_checkpoint(source, example_repo="microsoft/resnet-50")
     if path.is_dir():
         return _read_hf_folder(path, num_channels)
-    if path.is_file():
-        return _read_state_dict_file(path), str(path)
-    text = os.fspath(source)
-    if not _REPO_ID.fullmatch(text) or text.endswith(_CHECKPOINT_SUFFIXES):
-        raise FileNotFoundError(
-            f"{text!r} is not an existing file or folder, nor a Hugging Face Hub repository id "
-            "like 'microsoft/resnet-50'"
-        )
-    try:
-        folder = snapshot_download(text, allow_patterns=_HUB_WEIGHT_FILES)
-    except (OSError, HFValidationError) as error:
-        raise OSError(
-            f"{text!r} is not a local file or folder, and fetching it as a Hugging Face Hub "
-            f"repository failed ({type(error).__name__}: {error}). Check the id and the "
-            "network, or download the checkpoint and pass its folder"
-        ) from error
-    return _read_hf_folder(Path(folder), num_channels)
+    return _read_state_dict_file(path), str(path)
 
 
 def _read_hf_folder(folder: Path, num_channels: int) -> tuple[dict[str, torch.Tensor], str]:

@@ -904,16 +904,23 @@ def _read_source(
             "source must be a path, a Hub repository id or a state dict, got "
             f"{type(source).__name__}"
         )
-    path = Path(source).expanduser()
+    path = _resolve_checkpoint(source, example_repo="google/vit-base-patch16-224")
     if path.is_dir():
         return _read_hf_folder(path)
-    if path.is_file():
-        return _read_state_dict_file(path), None, str(path)
+    return _read_state_dict_file(path), None, str(path)
+
+
+def _resolve_checkpoint(source: str | os.PathLike[str], example_repo: str) -> Path:
+    """A local checkpoint file or folder, or the folder a Hub repository id downloads to
+    (config and safetensors files only, never pickles). Shared by the backbone loaders."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
     text = os.fspath(source)
     if not _REPO_ID.fullmatch(text) or text.endswith((".safetensors", *_TORCH_SUFFIXES)):
         raise FileNotFoundError(
             f"{text!r} is not an existing file or folder, nor a Hugging Face Hub repository id "
-            "like 'google/vit-base-patch16-224'"
+            f"like {example_repo!r}"
         )
     try:
         folder = snapshot_download(text, allow_patterns=_HUB_WEIGHT_FILES)
@@ -923,7 +930,7 @@ def _read_source(
             f"repository failed ({type(error).__name__}: {error}). Check the id and the "
             "network, or download the checkpoint and pass its folder"
         ) from error
-    return _read_hf_folder(Path(folder))
+    return Path(folder)
 
 
 def _read_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ViTConfig, str]:
