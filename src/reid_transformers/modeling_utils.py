@@ -55,6 +55,17 @@ class ReIDPreTrainedModel(PreTrainedModel):
     #: learning rate there); everything else counts as new layers.
     trunk_parameter_prefixes: tuple[str, ...] = ()
 
+    def _resolve_output_flags(
+        self, return_dict: bool | None, hidden_states: bool | None, attentions: bool | None
+    ) -> tuple[bool, bool, bool]:
+        """``forward``'s ``None`` arguments replaced by the config's defaults."""
+        config = self.config
+        return (
+            config.return_dict if return_dict is None else return_dict,
+            config.output_hidden_states if hidden_states is None else hidden_states,
+            config.output_attentions if attentions is None else attentions,
+        )
+
     def unfreezable_blocks(self) -> list[nn.Module]:
         """The trunk's blocks, ordered from the top (output side) down.
 

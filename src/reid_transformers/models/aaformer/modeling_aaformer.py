@@ -141,14 +141,8 @@ class AAformerModel(AAformerPreTrainedModel):
         **kwargs,
     ) -> AAformerModelOutput | tuple:
         config = self.config
-        return_dict = return_dict if return_dict is not None else config.return_dict
-        output_hidden_states = (
-            output_hidden_states
-            if output_hidden_states is not None
-            else config.output_hidden_states
-        )
-        output_attentions = (
-            output_attentions if output_attentions is not None else config.output_attentions
+        return_dict, output_hidden_states, output_attentions = self._resolve_output_flags(
+            return_dict, output_hidden_states, output_attentions
         )
         tokens = self.vit.embeddings(pixel_values)  # (B, 1 + N, D), positions added
         parts = self.part_tokens.expand(len(tokens), -1, -1).to(tokens.dtype)

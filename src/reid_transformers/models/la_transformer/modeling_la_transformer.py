@@ -101,14 +101,8 @@ class LATransformerModel(LATransformerPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> ReIDModelOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output_hidden_states = (
-            output_hidden_states
-            if output_hidden_states is not None
-            else self.config.output_hidden_states
-        )
-        output_attentions = (
-            output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict, output_hidden_states, output_attentions = self._resolve_output_flags(
+            return_dict, output_hidden_states, output_attentions
         )
         backbone = self.vit(
             pixel_values,

@@ -177,10 +177,8 @@ class PANModel(PANPreTrainedModel):
         **kwargs,
     ) -> PANModelOutput | tuple:
         config = self.config
-        return_dict = return_dict if return_dict is not None else config.return_dict
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None
-            else config.output_hidden_states
+        return_dict, output_hidden_states, _ = self._resolve_output_flags(
+            return_dict, output_hidden_states, False
         )
         stages = self.resnet(pixel_values)  # X1..X4
         learned = [module(stages[-1]) for module in self.part_learning]
