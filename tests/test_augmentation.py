@@ -8,6 +8,7 @@ from reid_transformers.data import (
     pad_random_crop,
     random_erasing,
     random_horizontal_flip,
+    random_patch,
 )
 
 
@@ -94,6 +95,48 @@ def test_batch_augmentation_state_round_trip():
     assert torch.equal(b(x), expected)
 
 
+def test_random_patch_pastes_a_rectangle_cut_from_another_image():
+    # Image i is constant i + 1, so every pasted pixel names its source image.
+    b, h, w = 12, 32, 16
+    x = (torch.arange(b, dtype=torch.float32) + 1)[:, None, None, None].expand(b, 3, h, w)
+    x = x.clone()
+    out = random_patch(x, p=1.0, generator=torch.Generator().manual_seed(5))
+    for i, img in enumerate(out):
+        changed = img[0] != i + 1
+        assert changed.any(), "p=1 pastes on every image"
+        ys, xs = torch.nonzero(changed, as_tuple=True)
+        box = changed[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+        assert box.all(), "the patch is one rectangle"
+        assert 0.005 <= box.numel() / (h * w) <= 0.55
+        assert len(torch.unique(img[0][changed])) == 1  # from exactly one other image
+    assert torch.equal(random_patch(x, p=0.0), x)
+    assert torch.equal(random_patch(x[:1], p=1.0), x[:1])
+
+
+def test_random_patch_copies_pixels_in_order_or_mirrored():
+    # A horizontal ramp: a copied patch keeps the ramp's direction unless mirrored.
+    b, h, w = 64, 8, 32
+    ramp = torch.arange(w, dtype=torch.float32).expand(b, 3, h, w).clone()
+    ramp += 100 * torch.arange(b, dtype=torch.float32)[:, None, None, None]
+    out = random_patch(ramp, p=1.0, flip_p=0.5, generator=torch.Generator().manual_seed(0))
+    directions = set()
+    for i, img in enumerate(out):
+        changed = img[0] != ramp[i, 0]
+        row = img[0][changed.any(1)][0][changed[changed.any(1)][0]]
+        if len(row) > 1:
+            step = row[1:] - row[:-1]
+            assert torch.all(step == step[0]) and abs(float(step[0])) == 1.0
+            directions.add(float(step[0]))
+    assert directions == {1.0, -1.0}
+
+
+def test_batch_augmentation_applies_random_patch():
+    x = batch(torch.float32)
+    plain = BatchAugmentation(flip_p=0, padding=0, erasing_p=0, seed=0)(x)
+    patched = BatchAugmentation(flip_p=0, padding=0, erasing_p=0, patch_p=1.0, seed=0)(x)
+    assert torch.equal(plain, x) and not torch.equal(patched, x)
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -103,6 +146,8 @@ def test_batch_augmentation_state_round_trip():
         (lambda: pad_random_crop(torch.zeros(1, 3, 8, 8), padding=-1), "padding must be"),
         (lambda: random_erasing(torch.zeros(1, 3, 8, 8), area=(0.5, 0.1)), "area must"),
         (lambda: BatchAugmentation(erasing_p=2), "erasing_p"),
+        (lambda: BatchAugmentation(patch_p=-0.1), "patch_p"),
+        (lambda: random_patch(torch.zeros(2, 3, 8, 8), aspect_ratio=(2, 1)), "aspect_ratio"),
     ],
 )
 def test_bad_arguments(call, message):

@@ -12,9 +12,11 @@ from torch import nn
 from transformers import PreTrainedConfig, ResNetConfig, ResNetModel
 
 from reid_transformers.backbones import (
+    RESNET50_STAGE_CHANNELS,
     FrozenBatchNorm2d,
     LoadReport,
     ResNetBackbone,
+    feature_grid,
     load_resnet_pretrained,
 )
 
@@ -175,6 +177,15 @@ def test_stage_shapes_for_both_last_strides() -> None:
     expected = [(1, 256, 64, 32), (1, 512, 32, 16), (1, 1024, 16, 8)]
     assert [tuple(t.shape) for t in one] == [*expected, (1, 2048, 16, 8)]
     assert [tuple(t.shape) for t in two] == [*expected, (1, 2048, 8, 4)]
+
+
+@pytest.mark.parametrize("size", [(64, 32), (70, 33), (97, 50)])
+def test_feature_grid_predicts_every_stage_size(size) -> None:
+    with torch.no_grad():
+        stages = ResNetBackbone(make_config(last_stride=2)).eval()(torch.randn(1, 3, *size))
+    for stage, stride, channels in zip(stages, (4, 8, 16, 32), RESNET50_STAGE_CHANNELS,
+                                       strict=True):
+        assert tuple(stage.shape[1:]) == (channels, *feature_grid(*size, stride))
 
 
 def test_last_stride_1_loads_same_weights(hf_folder: Path, pixels: torch.Tensor) -> None:

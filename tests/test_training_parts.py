@@ -64,6 +64,15 @@ def test_warmup_then_cosine_and_multistep():
     assert cosine.factor(3, step=17) == cosine.factor(3, step=19)  # constant within an epoch
     steps = WarmupSchedule("multistep", total=100, milestones=(40, 90), gamma=0.1, unit="step")
     assert [steps.factor(0, s) for s in (0, 39, 40, 95)] == pytest.approx([1, 1, 0.1, 0.01])
+    # fast-reid: warm-up counted in iterations, decay at epochs.
+    mixed = WarmupSchedule(
+        "multistep", total=120, warmup=100, warmup_factor=0.1, milestones=(40, 90),
+        unit="epoch", warmup_unit="step",
+    )
+    assert mixed.factor(0, 0) == pytest.approx(0.1) and mixed.factor(2, 50) == pytest.approx(0.55)
+    assert mixed.factor(2, 100) == 1.0 and mixed.factor(45, 10_000) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="warmup unit"):
+        WarmupSchedule(warmup_unit="iteration")
     with pytest.raises(ValueError, match="schedule must be one of"):
         WarmupSchedule("linear")
     with pytest.raises(ValueError, match="milestones must be increasing"):
@@ -81,6 +90,26 @@ def test_optimizer_groups_split_trunk_and_decay():
     ids = {id(p) for p in by_name["trunk_no_decay"]["params"]}
     assert id(model.vit.embeddings.cls_token) in ids
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_optimizer_groups_put_transformer_layers_at_their_own_rate():
+    from reid_transformers.models.hat import HATConfig, HATModel
+
+    model = HATModel(HATConfig(
+        image_size=(64, 32), bottleneck_depth=1, tfc_depths=(1, 0, 1),
+        tfc_hidden_sizes=(16, 24, 32), tfc_num_heads=2, tfc_head_dim=8, tfc_intermediate_size=32,
+    ))
+    groups = model.optimizer_parameter_groups(4e-4, 5e-4, transformer_lr_factor=0.5)
+    by_name = {g["group_name"]: g for g in groups}
+    assert by_name["transformer_decay"]["lr"] == pytest.approx(2e-4)
+    assert by_name["trunk_decay"]["lr"] == by_name["new_decay"]["lr"] == pytest.approx(4e-4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    transformer = {names[id(p)] for g in groups if g["group_name"].startswith("transformer")
+                   for p in g["params"]}
+    assert transformer == {n for n in names.values() if n.startswith("calibrations.")}
+    no_decay = {names[id(p)] for p in by_name["transformer_no_decay"]["params"]}
+    assert "calibrations.1.embeddings.cls_token" in no_decay
+    assert "calibrations.3.embeddings.position_embeddings" in no_decay
 
 
 def test_arguments_from_flags_preset_and_files(tmp_path):
@@ -103,6 +132,17 @@ def test_arguments_from_flags_preset_and_files(tmp_path):
     assert aaformer.warmup == 10 and aaformer.warmup_factor == 0.1
     pan = parse_arguments(["--preset", "pan"])
     assert (pan.trunk_lr_factor, pan.milestones, pan.schedule_unit) == (0.1, [5000, 7500], "step")
+    hat = parse_arguments(["--preset", "hat"])
+    assert (hat.model, hat.learning_rate, hat.transformer_lr_factor) == ("hat", 4e-4, 0.5)
+    assert (hat.milestones, hat.gamma, hat.warmup, hat.warmup_factor) == (
+        [50, 70, 90, 110], 0.4, 10, 0.01,
+    )
+    prct = parse_arguments(["--preset", "prct", "--epochs", "60"])
+    assert (prct.model, prct.learning_rate, prct.milestones, prct.epochs) == (
+        "prct", 3.5e-4, [40, 90], 60,
+    )
+    assert (prct.warmup, prct.warmup_unit, prct.schedule_unit) == (2000, "step", "epoch")
+    assert prct.random_patch_probability == 0.5 and prct.erasing_probability == 0.5
     with pytest.raises(ValueError, match="unknown preset"):
         parse_arguments(["--preset", "huge"])
     with pytest.raises(ValueError, match="optimizer must be one of"):

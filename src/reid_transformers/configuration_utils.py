@@ -53,6 +53,39 @@ def as_pair(value: int | Iterable[int], name: str) -> tuple[int, int]:
     return height, width
 
 
+class ConfigView:
+    """A model config with some fields replaced, for sub-modules built at another width.
+
+    Reads of the replaced fields return the replacement; every other read goes to the live
+    config, so later changes to it (``model.set_attn_implementation(...)``) still reach the
+    sub-modules. Read-only. HAT builds each calibration transformer's layers from a view
+    with that level's ``hidden_size``.
+
+    Example::
+
+        view = ConfigView(config, hidden_size=256, head_dim=64)
+        view.hidden_size  # 256
+        view.layer_norm_eps  # config.layer_norm_eps
+    """
+
+    def __init__(self, config: PreTrainedConfig, **overrides: object) -> None:
+        object.__setattr__(self, "_config", config)
+        object.__setattr__(self, "_overrides", overrides)
+
+    def __getattr__(self, name: str) -> object:
+        if name in ("_config", "_overrides"):  # not set yet (copy / unpickling)
+            raise AttributeError(name)
+        if name in self._overrides:
+            return self._overrides[name]
+        return getattr(self._config, name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"ConfigView is read-only; set {name!r} on the model's config")
+
+    def __repr__(self) -> str:
+        return f"ConfigView({type(self._config).__name__}, {self._overrides})"
+
+
 class ReIDConfig(PreTrainedConfig):
     """Fields every re-ID model has.
 

@@ -81,6 +81,7 @@ _RECIPE_LABELS = {
     "optimizer": "Optimizer",
     "learning_rate": "Learning rate",
     "trunk_lr_factor": "Trunk learning-rate factor",
+    "transformer_lr_factor": "Transformer learning-rate factor",
     "weight_decay": "Weight decay",
     "momentum": "Momentum",
     "scheduler": "Learning-rate schedule",

@@ -7,8 +7,11 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
-from .backbones import ViTEmbeddings
+from .backbones import LoadReport, load_resnet_pretrained
 from .configuration_utils import ReIDConfig
+
+#: Names of bare token / position-table parameters: truncated-normal init, no weight decay.
+TOKEN_PARAMETER_NAMES = ("cls_token", "position_embeddings", "embedding_token")
 
 
 class BNNeck(nn.Module):
@@ -54,6 +57,12 @@ class ReIDPreTrainedModel(PreTrainedModel):
     #: Parameter-name prefixes of the pretrained trunk, for optimizer groups (e.g. a lower
     #: learning rate there); everything else counts as new layers.
     trunk_parameter_prefixes: tuple[str, ...] = ()
+    #: Parameter-name prefixes of transformer layers added on top of a CNN trunk (HAT trains
+    #: them at half the learning rate); empty for models without such layers.
+    transformer_parameter_prefixes: tuple[str, ...] = ()
+    #: He (fan-out) init of new convolutions, as torchvision's ResNets: ReLU CNN heads need it
+    #: to train from scratch. Otherwise convolutions get the truncated normal of linears.
+    he_init_convolutions: bool = False
 
     def _resolve_output_flags(
         self, return_dict: bool | None, hidden_states: bool | None, attentions: bool | None
@@ -80,25 +89,39 @@ class ReIDPreTrainedModel(PreTrainedModel):
         raise NotImplementedError(f"{type(self).__name__} has no pretrained-backbone loader")
 
     def optimizer_parameter_groups(
-        self, learning_rate: float, weight_decay: float, trunk_lr_factor: float = 1.0
+        self,
+        learning_rate: float,
+        weight_decay: float,
+        trunk_lr_factor: float = 1.0,
+        transformer_lr_factor: float = 1.0,
     ) -> list[dict]:
-        """Parameter groups for ``torch.optim``: the trunk (``trunk_parameter_prefixes``) at
-        ``learning_rate * trunk_lr_factor``, new layers at ``learning_rate``; weight decay
-        only on matrices and kernels, not on norms, biases, tokens or position tables."""
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        """Parameter groups for ``torch.optim``.
+
+        The trunk (``trunk_parameter_prefixes``) trains at ``learning_rate * trunk_lr_factor``,
+        added transformer layers (``transformer_parameter_prefixes``) at
+        ``learning_rate * transformer_lr_factor``, every other new layer at ``learning_rate``.
+        Weight decay applies only to matrices and kernels, not to norms, biases, tokens or
+        position tables. Group names are ``{trunk,transformer,new}_{decay,no_decay}``.
+        """
+        factors = {"new": 1.0, "transformer": transformer_lr_factor, "trunk": trunk_lr_factor}
+        groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
         for name, param in self.named_parameters():
-            is_trunk = name.startswith(self.trunk_parameter_prefixes)
-            decays = param.ndim >= 2 and not name.endswith(("cls_token", "position_embeddings"))
-            groups.setdefault((is_trunk, decays), []).append(param)
+            if name.startswith(self.trunk_parameter_prefixes):
+                part = "trunk"
+            elif name.startswith(self.transformer_parameter_prefixes):
+                part = "transformer"
+            else:
+                part = "new"
+            decays = param.ndim >= 2 and name.rpartition(".")[2] not in TOKEN_PARAMETER_NAMES
+            groups.setdefault((part, decays), []).append(param)
         return [
             {
                 "params": params,
-                "lr": learning_rate * (trunk_lr_factor if is_trunk else 1.0),
+                "lr": learning_rate * factors[part],
                 "weight_decay": weight_decay if decays else 0.0,
-                "group_name": ("trunk" if is_trunk else "new")
-                + ("_decay" if decays else "_no_decay"),
+                "group_name": f"{part}_{'decay' if decays else 'no_decay'}",
             }
-            for (is_trunk, decays), params in sorted(groups.items())
+            for (part, decays), params in sorted(groups.items())
         ]
 
     def freeze_bnneck_biases(self) -> None:
@@ -126,15 +149,38 @@ class ReIDPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bn.bias)
             if module.classifier is not None:
                 init.normal_(module.classifier.weight, std=0.001)
+        elif isinstance(module, nn.Conv2d) and self.he_init_convolutions:
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, ViTEmbeddings):
-            # Its bare parameters (the patch projection is an nn.Conv2d child).
-            init.trunc_normal_(module.cls_token, std=std)
-            init.trunc_normal_(module.position_embeddings, std=std)
         elif isinstance(module, (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d)):
             if module.weight is not None:
                 init.ones_(module.weight)
                 init.zeros_(module.bias)
+        else:
+            # Bare token and position parameters of embedding modules (ViT's class token and
+            # position table, HAT's per-level ones, PRCT's embedding token).
+            for name, param in module.named_parameters(recurse=False):
+                if name in TOKEN_PARAMETER_NAMES:
+                    init.trunc_normal_(param, std=std)
+
+
+class ResNetReIDPreTrainedModel(ReIDPreTrainedModel):
+    """Base of the models on the shared ResNet-50 trunk (PAN, HAT, PRCT), which a subclass
+    builds as ``self.resnet = ResNetBackbone(config)``: the trunk's stages are the unfreezable
+    blocks, ImageNet weights load into it, new convolutions get He init."""
+
+    trunk_parameter_prefixes = ("resnet.",)
+    he_init_convolutions = True
+
+    def unfreezable_blocks(self) -> list[nn.Module]:
+        return self.resnet.unfreezable_blocks()
+
+    def load_pretrained_backbone(self, source: str, *, strict: bool = True) -> LoadReport:
+        """Load ImageNet ResNet-50 weights (Hub id such as ``microsoft/resnet-50``, local
+        folder or torchvision state dict) into the trunk; see `load_resnet_pretrained`."""
+        return load_resnet_pretrained(self.resnet, source, strict=strict)

@@ -20,6 +20,20 @@ __all__ = [
     "load_vit_pretrained",
 ]
 
-from .resnet import Bottleneck, FrozenBatchNorm2d, ResNetBackbone, load_resnet_pretrained
+from .resnet import (
+    RESNET50_STAGE_CHANNELS,
+    Bottleneck,
+    FrozenBatchNorm2d,
+    ResNetBackbone,
+    feature_grid,
+    load_resnet_pretrained,
+)
 
-__all__ += ["Bottleneck", "FrozenBatchNorm2d", "ResNetBackbone", "load_resnet_pretrained"]
+__all__ += [
+    "RESNET50_STAGE_CHANNELS",
+    "Bottleneck",
+    "FrozenBatchNorm2d",
+    "ResNetBackbone",
+    "feature_grid",
+    "load_resnet_pretrained",
+]

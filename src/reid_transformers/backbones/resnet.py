@@ -48,7 +48,9 @@ from .vit import (
 )
 
 __all__ = [
+    "RESNET50_STAGE_CHANNELS",
     "Bottleneck",
+    "feature_grid",
     "FrozenBatchNorm2d",
     "ResNetBackbone",
     "ResNetSourceFormat",
@@ -62,6 +64,17 @@ StateDict: TypeAlias = Mapping[str, torch.Tensor]
 _DEPTHS = (3, 4, 6, 3)
 _WIDTHS = (64, 128, 256, 512)
 _STEM_CHANNELS = 64
+
+
+#: Output channels of layer1..layer4: 256, 512, 1024, 2048.
+RESNET50_STAGE_CHANNELS = tuple(4 * width for width in _WIDTHS)
+
+
+def feature_grid(height: int, width: int, stride: int) -> tuple[int, int]:
+    """``(ceil(height / stride), ceil(width / stride))``: the size of the trunk's feature map
+    of total stride ``stride`` (4, 8, 16 or 32) for a ``height x width`` input, since every
+    stride-2 layer rounds up. 16x8 for 256x128 at stride 16."""
+    return -(-height // stride), -(-width // stride)
 
 
 class FrozenBatchNorm2d(nn.BatchNorm2d):

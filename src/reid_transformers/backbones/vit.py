@@ -298,30 +298,37 @@ def eager_attention_forward(
 class ViTSelfAttention(nn.Module):
     """Multi-head scaled dot-product attention core with a fused query/key/value projection.
 
-    Config fields read: ``hidden_size``, ``num_attention_heads``, ``qkv_bias``,
+    Config fields read: ``hidden_size``, ``num_attention_heads``, ``head_dim`` (optional;
+    default ``hidden_size // num_attention_heads``), ``qkv_bias``,
     ``attention_probs_dropout_prob``, ``_attn_implementation`` (read at every call, so
     ``model.set_attn_implementation(...)`` takes effect at once).
 
     Attributes:
-        qkv: ``Linear(D, 3 * D)``; output rows are [queries; keys; values], each head-major.
+        qkv: ``Linear(D, 3 * inner_size)`` with ``inner_size = heads * head_dim``; output rows
+            are [queries; keys; values], each head-major.
     """
 
     def __init__(self, config: PreTrainedConfig) -> None:
         super().__init__()
         hidden_size = _positive_int(config, "hidden_size")
         self.num_attention_heads = _positive_int(config, "num_attention_heads")
-        if hidden_size % self.num_attention_heads:
+        if getattr(config, "head_dim", None) is not None:
+            # Heads narrower or wider than hidden_size / heads (HAT: 16 x 64 at any width).
+            self.head_dim = _positive_int(config, "head_dim")
+        elif hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"config.hidden_size ({hidden_size}) must be divisible by "
                 f"config.num_attention_heads ({self.num_attention_heads})"
             )
+        else:
+            self.head_dim = hidden_size // self.num_attention_heads
         self.config = config
-        self.head_dim = hidden_size // self.num_attention_heads
+        self.inner_size = self.num_attention_heads * self.head_dim
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = _probability(config, "attention_probs_dropout_prob")
         # transformers' SDPA wrapper treats a module without this flag as causal.
         self.is_causal = False
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=bool(config.qkv_bias))
+        self.qkv = nn.Linear(hidden_size, 3 * self.inner_size, bias=bool(config.qkv_bias))
 
     def project_qkv(
         self, hidden_states: torch.Tensor
@@ -352,8 +359,35 @@ class ViTSelfAttention(nn.Module):
             output_attentions: return the attention weights; needs the eager implementation.
 
         Returns:
-            ``(context, weights)``: context ``(B, T, D)`` (heads concatenated, before the
-            output projection); weights ``(B, heads, T, T)`` or None.
+            ``(context, weights)``: context ``(B, T, inner_size)`` (heads concatenated, before
+            the output projection); weights ``(B, heads, T, T)`` or None.
+        """
+        query, key, value = self.project_qkv(hidden_states)
+        if callable(attention_mask):
+            attention_mask = attention_mask(query, key)
+        if attention_mask is not None:
+            attention_mask = self._checked_mask(attention_mask, query)
+        return self.attend(query, key, value, attention_mask, output_attentions)
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scaled dot-product attention with the configured implementation.
+
+        Args:
+            query: ``(B, heads, T, head_dim)``.
+            key, value: ``(B, heads, S, head_dim)``; ``S`` may differ from ``T`` (Linformer's
+                projected keys).
+            attention_mask: additive float mask broadcastable to ``(B, heads, T, S)`` or None.
+            output_attentions: return the weights; needs the eager implementation.
+
+        Returns:
+            ``(context (B, T, inner_size), weights (B, heads, T, S) or None)``.
         """
         implementation = _attention_implementation(self.config)
         if output_attentions and implementation != "eager":
@@ -361,12 +395,7 @@ class ViTSelfAttention(nn.Module):
                 "output_attentions=True needs config._attn_implementation == 'eager', got "
                 f"{implementation!r}; call model.set_attn_implementation('eager') first"
             )
-        batch_size, length, hidden_size = hidden_states.shape
-        query, key, value = self.project_qkv(hidden_states)
-        if callable(attention_mask):
-            attention_mask = attention_mask(query, key)
-        if attention_mask is not None:
-            attention_mask = self._checked_mask(attention_mask, query)
+        batch_size, _, length, _ = query.shape
         attention: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] = (
             ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         )
@@ -379,7 +408,7 @@ class ViTSelfAttention(nn.Module):
             dropout=self.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
         )
-        context = context.reshape(batch_size, length, hidden_size)  # (B, T, h, hd) -> (B, T, D)
+        context = context.reshape(batch_size, length, self.inner_size)  # (B, T, h * hd)
         return context, (weights if output_attentions else None)
 
     def _checked_mask(self, attention_mask: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
@@ -405,13 +434,13 @@ class ViTAttention(nn.Module):
 
     Attributes:
         attention: the `ViTSelfAttention` core.
-        proj: ``Linear(D, D)`` output projection.
+        proj: ``Linear(inner_size, D)`` output projection.
     """
 
     def __init__(self, config: PreTrainedConfig) -> None:
         super().__init__()
         self.attention = ViTSelfAttention(config)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.proj = nn.Linear(self.attention.inner_size, config.hidden_size)
         self.dropout = nn.Dropout(_probability(config, "hidden_dropout_prob"))
 
     def forward(
@@ -419,10 +448,14 @@ class ViTAttention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | MaskFn | None = None,
         output_attentions: bool = False,
+        **attention_kwargs: object,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(B, T, D)`` -> ``((B, T, D), weights (B, heads, T, T) or None)``; see
-        `ViTSelfAttention.forward` for the mask and the weights."""
-        context, weights = self.attention(hidden_states, attention_mask, output_attentions)
+        `ViTSelfAttention.forward` for the mask and the weights. ``attention_kwargs`` go to
+        the attention core (a subclass's extra inputs, e.g. PRCT's part grid)."""
+        context, weights = self.attention(
+            hidden_states, attention_mask, output_attentions, **attention_kwargs
+        )
         return self.dropout(self.proj(context)), weights
 
 
@@ -505,6 +538,7 @@ class ViTLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | MaskFn | None = None,
         output_attentions: bool = False,
+        **attention_kwargs: object,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Apply the block.
 
@@ -514,12 +548,13 @@ class ViTLayer(GradientCheckpointingLayer):
                 (0 = attend, ``-inf`` = blocked); per-head masks are allowed.
             output_attentions: also return the attention weights (eager implementation only;
                 other implementations raise ValueError).
+            **attention_kwargs: passed on to the attention core.
 
         Returns:
             ``(hidden_states (B, T, D), attention weights (B, heads, T, T) or None)``.
         """
         attention_output, weights = self.attention(
-            self.norm1(hidden_states), attention_mask, output_attentions
+            self.norm1(hidden_states), attention_mask, output_attentions, **attention_kwargs
         )
         hidden_states = hidden_states + self.drop_path(attention_output)
         hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
@@ -539,6 +574,8 @@ class ViTEncoder(nn.Module):
 
     Config fields read: ``num_hidden_layers``, ``drop_path_rate`` (stochastic depth rising
     linearly from 0 at the first block to the rate at the last), and those of `ViTLayer`.
+    ``make_layer(config, drop_path_rate)`` builds each block (default `ViTLayer`; HAT and PRCT
+    pass their `ViTLayer` subclasses).
 
     ``gradient_checkpointing`` reads/sets the flag of every layer, so both
     ``PreTrainedModel.gradient_checkpointing_enable()`` (which also installs its checkpoint
@@ -546,12 +583,16 @@ class ViTEncoder(nn.Module):
     falls back to non-reentrant ``torch.utils.checkpoint``) work.
     """
 
-    def __init__(self, config: PreTrainedConfig) -> None:
+    def __init__(
+        self,
+        config: PreTrainedConfig,
+        make_layer: Callable[[PreTrainedConfig, float], ViTLayer] = ViTLayer,
+    ) -> None:
         super().__init__()
         rates = _drop_path_rates(
             _probability(config, "drop_path_rate"), _positive_int(config, "num_hidden_layers")
         )
-        self.layers = nn.ModuleList([ViTLayer(config, drop_path_rate=rate) for rate in rates])
+        self.layers = nn.ModuleList([make_layer(config, rate) for rate in rates])
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -571,6 +612,7 @@ class ViTEncoder(nn.Module):
         attention_mask: torch.Tensor | MaskFn | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        **attention_kwargs: object,
     ) -> BaseModelOutput:
         """Run all blocks.
 
@@ -580,6 +622,7 @@ class ViTEncoder(nn.Module):
                 ``(B, heads, T, T)``, used by every layer.
             output_hidden_states: also return the input and every layer's output.
             output_attentions: also return every layer's attention weights (eager only).
+            **attention_kwargs: passed on to every layer's attention core.
 
         Returns:
             ``BaseModelOutput`` with ``last_hidden_state`` ``(B, T, D)`` (last block's
@@ -593,7 +636,8 @@ class ViTEncoder(nn.Module):
                 all_hidden_states.append(hidden_states)
             # hidden_states positional: reentrant checkpointing only tracks positional inputs.
             hidden_states, weights = layer(
-                hidden_states, attention_mask, output_attentions=output_attentions
+                hidden_states, attention_mask, output_attentions=output_attentions,
+                **attention_kwargs,
             )
             if all_attentions is not None:
                 all_attentions.append(weights)

@@ -5,6 +5,7 @@ from .augmentation import (
     pad_random_crop,
     random_erasing,
     random_horizontal_flip,
+    random_patch,
 )
 from .datasets import SPLITS, available_datasets, describe_dataset, load_reid_dataset
 from .sampler import PKSampler
@@ -27,6 +28,7 @@ __all__ = [
     "make_synthetic_reid",
     "pad_random_crop",
     "random_erasing",
+    "random_patch",
     "random_horizontal_flip",
     "synthetic_dataset_info",
 ]

@@ -67,6 +67,105 @@ def pad_random_crop(
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
+def _check_box_ranges(area: tuple[float, float], aspect_ratio: tuple[float, float]) -> None:
+    if not 0 < area[0] <= area[1] <= 1:
+        raise ValueError(f"area must satisfy 0 < low <= high <= 1, got {area}")
+    if not 0 < aspect_ratio[0] <= aspect_ratio[1]:
+        raise ValueError(f"aspect_ratio must satisfy 0 < low <= high, got {aspect_ratio}")
+
+
+def _random_box_sizes(
+    b: int, h: int, w: int, area: tuple[float, float], aspect_ratio: tuple[float, float],
+    max_attempts: int, generator, device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image a box of ``area`` (fraction of the image, uniform) and height/width ratio
+    (log-uniform in ``aspect_ratio``): the first of ``max_attempts`` draws that fits.
+
+    Returns ``(heights, widths, fits)``, each ``(b,)``; ``fits`` is False where no draw fit."""
+    n = b * max_attempts
+    target = h * w * _uniform(n, area[0], area[1], generator, device)
+    log_ratio = _uniform(
+        n, math.log(aspect_ratio[0]), math.log(aspect_ratio[1]), generator, device
+    )
+    ratio = torch.exp(log_ratio)
+    heights = torch.sqrt(target * ratio).round().long().view(b, max_attempts)
+    widths = torch.sqrt(target / ratio).round().long().view(b, max_attempts)
+    fits = (heights < h) & (widths < w) & (heights > 0) & (widths > 0)
+    attempt = fits.long().argmax(1, keepdim=True)  # first attempt that fits
+    return heights.gather(1, attempt).squeeze(1), widths.gather(1, attempt).squeeze(1), fits.any(1)
+
+
+def _random_offsets(
+    heights: torch.Tensor, widths: torch.Tensor, h: int, w: int, generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform top-left corners ``(b,)`` that keep each box inside an ``h x w`` image."""
+    dev = heights.device
+    top = (torch.rand(len(heights), generator=generator, device=dev) * (h - heights + 1)).long()
+    left = (torch.rand(len(widths), generator=generator, device=dev) * (w - widths + 1)).long()
+    return top, left
+
+
+def _box_mask(
+    top: torch.Tensor, left: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor,
+    h: int, w: int,
+) -> torch.Tensor:
+    """``(b, h, w)`` booleans, True inside each image's box."""
+    ys = torch.arange(h, device=top.device)[None, :, None]
+    xs = torch.arange(w, device=top.device)[None, None, :]
+    return (
+        (ys >= top[:, None, None]) & (ys < (top + heights)[:, None, None])
+        & (xs >= left[:, None, None]) & (xs < (left + widths)[:, None, None])
+    )
+
+
+def random_patch(
+    images: torch.Tensor,
+    p: float = 0.5,
+    area: tuple[float, float] = (0.01, 0.5),
+    aspect_ratio: tuple[float, float] = (0.1, 10.0),
+    flip_p: float = 0.5,
+    max_attempts: int = 10,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Random patch (Zhou et al., "Learning generalisable omni-scale representations", 2019;
+    fast-reid's ``RandomPatch``): with probability ``p`` paste onto each image a rectangle
+    cut from another image of the batch, as a synthetic occluder.
+
+    The patch covers a fraction of the image drawn uniformly from ``area`` with a
+    height/width ratio drawn log-uniformly from ``aspect_ratio``; it is cut at a random place
+    of a random other image, mirrored with probability ``flip_p`` and pasted at a random place.
+    The reference implementations draw from a pool of patches of earlier batches and may also
+    rotate them; here the pool is the current batch (a P x K batch holds P identities) and
+    patches are not rotated. A batch of one image is returned unchanged (a copy).
+    """
+    _check_batch(images)
+    _check_probability(p, "p")
+    _check_probability(flip_p, "flip_p")
+    _check_box_ranges(area, aspect_ratio)
+    b, c, h, w = images.shape
+    if b < 2:
+        return images.clone()
+    dev = images.device
+    ph, pw, fits = _random_box_sizes(b, h, w, area, aspect_ratio, max_attempts, generator, dev)
+    paste = fits & (torch.rand(b, generator=generator, device=dev) < p)
+    # Another image of the batch for every image: shift by 1..b-1 positions.
+    source = (torch.arange(b, device=dev)
+              + torch.randint(1, b, (b,), generator=generator, device=dev)) % b
+    source_top, source_left = _random_offsets(ph, pw, h, w, generator)
+    top, left = _random_offsets(ph, pw, h, w, generator)
+    mirror = torch.rand(b, generator=generator, device=dev) < flip_p
+    mask = _box_mask(top, left, ph, pw, h, w) & paste[:, None, None]  # (B, H, W)
+
+    # Source pixel of every target pixel (clamped outside the box, where it is not used).
+    dy = torch.arange(h, device=dev)[None, :] - top[:, None]  # (B, H)
+    dx = torch.arange(w, device=dev)[None, :] - left[:, None]  # (B, W)
+    dx = torch.where(mirror[:, None], pw[:, None] - 1 - dx, dx)
+    rows = (source_top[:, None] + dy).clamp(0, h - 1)[:, :, None]  # (B, H, 1)
+    cols = (source_left[:, None] + dx).clamp(0, w - 1)[:, None, :]  # (B, 1, W)
+    pasted = images.permute(0, 2, 3, 1)[source[:, None, None], rows, cols]  # (B, H, W, C)
+    return torch.where(mask.unsqueeze(1), pasted.permute(0, 3, 1, 2), images)
+
+
 def random_erasing(
     images: torch.Tensor,
     p: float = 0.5,
@@ -90,33 +189,14 @@ def random_erasing(
     """
     _check_batch(images)
     _check_probability(p, "p")
-    if not 0 < area[0] <= area[1] <= 1:
-        raise ValueError(f"area must satisfy 0 < low <= high <= 1, got {area}")
-    if not 0 < aspect_ratio[0] <= aspect_ratio[1]:
-        raise ValueError(f"aspect_ratio must satisfy 0 < low <= high, got {aspect_ratio}")
+    _check_box_ranges(area, aspect_ratio)
     b, c, h, w = images.shape
     dev = images.device
-
-    n = b * max_attempts
-    target = h * w * _uniform(n, area[0], area[1], generator, dev)
-    log_ratio = _uniform(n, math.log(aspect_ratio[0]), math.log(aspect_ratio[1]), generator, dev)
-    ratio = torch.exp(log_ratio)
-    eh = torch.sqrt(target * ratio).round().long().view(b, max_attempts)
-    ew = torch.sqrt(target / ratio).round().long().view(b, max_attempts)
-    fits = (eh < h) & (ew < w) & (eh > 0) & (ew > 0)
-    attempt = fits.long().argmax(1, keepdim=True)  # first attempt that fits
-    eh, ew = eh.gather(1, attempt).squeeze(1), ew.gather(1, attempt).squeeze(1)
-    erase = fits.any(1) & (torch.rand(b, generator=generator, device=dev) < p)
-
-    top = (torch.rand(b, generator=generator, device=dev) * (h - eh + 1)).long()
-    left = (torch.rand(b, generator=generator, device=dev) * (w - ew + 1)).long()
-    ys = torch.arange(h, device=dev)[None, :, None]
-    xs = torch.arange(w, device=dev)[None, None, :]
-    mask = (
-        (ys >= top[:, None, None]) & (ys < (top + eh)[:, None, None])
-        & (xs >= left[:, None, None]) & (xs < (left + ew)[:, None, None])
-        & erase[:, None, None]
-    ).unsqueeze(1)  # (B, 1, H, W)
+    eh, ew, fits = _random_box_sizes(b, h, w, area, aspect_ratio, max_attempts, generator, dev)
+    erase = fits & (torch.rand(b, generator=generator, device=dev) < p)
+    top, left = _random_offsets(eh, ew, h, w, generator)
+    mask = _box_mask(top, left, eh, ew, h, w) & erase[:, None, None]
+    mask = mask.unsqueeze(1)  # (B, 1, H, W)
 
     if isinstance(value, str):
         if value != "random":
@@ -140,9 +220,10 @@ def random_erasing(
 class BatchAugmentation:
     """The standard re-ID training augmentation, applied to a whole batch at once.
 
-    Flip, then pad + random crop, then random erasing (each skipped when its probability or
-    padding is 0). Holds its own generator, so two instances with the same ``seed`` produce
-    the same sequence of augmentations.
+    Flip, then pad + random crop, then random patch, then random erasing (each skipped when
+    its probability or padding is 0; random patch is off by default). Holds its own
+    generator, so two instances with the same ``seed`` produce the same sequence of
+    augmentations.
     """
 
     flip_p: float = 0.5
@@ -151,11 +232,13 @@ class BatchAugmentation:
     erasing_area: tuple[float, float] = (0.02, 0.4)
     erasing_aspect_ratio: tuple[float, float] = (0.3, 3.33)
     erasing_value: str | float | tuple[float, ...] = "random"
+    patch_p: float = 0.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
         _check_probability(self.flip_p, "flip_p")
         _check_probability(self.erasing_p, "erasing_p")
+        _check_probability(self.patch_p, "patch_p")
         if self.padding < 0:
             raise ValueError(f"padding must be >= 0, got {self.padding}")
         self._generators: dict[torch.device, torch.Generator] = {}
@@ -185,6 +268,8 @@ class BatchAugmentation:
             images = random_horizontal_flip(images, self.flip_p, generator=gen)
         if self.padding > 0:
             images = pad_random_crop(images, self.padding, generator=gen)
+        if self.patch_p > 0:
+            images = random_patch(images, self.patch_p, generator=gen)
         if self.erasing_p > 0:
             images = random_erasing(
                 images, self.erasing_p, self.erasing_area, self.erasing_aspect_ratio,

@@ -3,14 +3,18 @@
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from .aaformer import AAformerConfig, AAformerImageProcessor, AAformerModel
+from .hat import HATConfig, HATImageProcessor, HATModel
 from .la_transformer import LATransformerConfig, LATransformerImageProcessor, LATransformerModel
 from .pan import PANConfig, PANImageProcessor, PANModel
+from .prct import PRCTConfig, PRCTImageProcessor, PRCTModel
 
 # (config, model, image processor) of every architecture: the one list a new one joins.
 ARCHITECTURES = (
     (LATransformerConfig, LATransformerModel, LATransformerImageProcessor),
     (AAformerConfig, AAformerModel, AAformerImageProcessor),
     (PANConfig, PANModel, PANImageProcessor),
+    (PRCTConfig, PRCTModel, PRCTImageProcessor),
+    (HATConfig, HATModel, HATImageProcessor),
 )
 
 
@@ -30,10 +34,16 @@ __all__ = [
     "AAformerImageProcessor",
     "AAformerModel",
     "ARCHITECTURES",
+    "HATConfig",
+    "HATImageProcessor",
+    "HATModel",
     "LATransformerConfig",
     "LATransformerImageProcessor",
     "LATransformerModel",
     "PANConfig",
     "PANImageProcessor",
     "PANModel",
+    "PRCTConfig",
+    "PRCTImageProcessor",
+    "PRCTModel",
 ]

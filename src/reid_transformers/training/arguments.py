@@ -69,11 +69,22 @@ class ReIDTrainingArguments:
         default=1.0,
         metadata={"help": "learning-rate multiplier of the pretrained trunk (e.g. 0.1 for PAN)"},
     )
+    transformer_lr_factor: float = field(
+        default=1.0,
+        metadata={
+            "help": "learning-rate multiplier of transformer layers on a CNN trunk (0.5 for HAT)"
+        },
+    )
     weight_decay: float = 5e-4
     momentum: float = 0.9
     scheduler: str = field(default="cosine", metadata={"help": "cosine, multistep or constant"})
     schedule_unit: str = field(default="epoch", metadata={"help": "epoch or step"})
-    warmup: int = field(default=0, metadata={"help": "warm-up length in schedule units"})
+    warmup: int = field(
+        default=0, metadata={"help": "warm-up length in warmup_unit (default: schedule_unit)"}
+    )
+    warmup_unit: str | None = field(
+        default=None, metadata={"help": "epoch or step (default: schedule_unit)"}
+    )
     warmup_factor: float = 0.01
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
@@ -92,6 +103,9 @@ class ReIDTrainingArguments:
     flip_probability: float = 0.5
     crop_padding: int = 10
     erasing_probability: float = 0.0
+    random_patch_probability: float = field(
+        default=0.0, metadata={"help": "paste a patch of another batch image (fast-reid)"}
+    )
 
     # evaluation and logging
     eval_every: int = field(
@@ -203,6 +217,49 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gamma": 0.1,
         "identities_per_batch": 8,
         "instances_per_identity": 4,
+        "pretrained_backbone": "microsoft/resnet-50",
+        "distance": "cosine",
+    },
+    "hat": {
+        # Adam 4e-4, transformer layers at half the rate, 10 warm-up epochs from 0.01x, then
+        # x0.4 at epochs 50, 70, 90 and 110; BoT augmentation.
+        "model": "hat",
+        "epochs": 120,
+        "optimizer": "adam",
+        "learning_rate": 4e-4,
+        "transformer_lr_factor": 0.5,
+        "weight_decay": 5e-4,
+        "scheduler": "multistep",
+        "warmup": 10,
+        "warmup_factor": 0.01,
+        "milestones": [50, 70, 90, 110],
+        "gamma": 0.4,
+        "identities_per_batch": 16,
+        "instances_per_identity": 4,
+        "crop_padding": 10,
+        "erasing_probability": 0.5,
+        "pretrained_backbone": "microsoft/resnet-50",
+        "distance": "cosine",
+    },
+    "prct": {
+        # fast-reid bag of tricks: Adam 3.5e-4, 2000 warm-up iterations, x0.1 at epochs 40
+        # and 90 of 120; flip, pad-crop, random erasing and random patch.
+        "model": "prct",
+        "epochs": 120,
+        "optimizer": "adam",
+        "learning_rate": 3.5e-4,
+        "weight_decay": 5e-4,
+        "scheduler": "multistep",
+        "warmup": 2000,
+        "warmup_unit": "step",
+        "warmup_factor": 0.1,
+        "milestones": [40, 90],
+        "gamma": 0.1,
+        "identities_per_batch": 16,
+        "instances_per_identity": 4,
+        "crop_padding": 10,
+        "erasing_probability": 0.5,
+        "random_patch_probability": 0.5,
         "pretrained_backbone": "microsoft/resnet-50",
         "distance": "cosine",
     },

@@ -27,6 +27,8 @@ class WarmupSchedule:
         gamma: multistep decay factor.
         min_factor: the cosine's final multiplier.
         unit: ``"epoch"`` or ``"step"``.
+        warmup_unit: the unit of ``warmup`` when it differs from ``unit`` (fast-reid warms
+            up for 2000 iterations, then decays at epochs 40 and 90); ``None`` = ``unit``.
     """
 
     name: str = "cosine"
@@ -37,13 +39,20 @@ class WarmupSchedule:
     gamma: float = 0.1
     min_factor: float = 0.0
     unit: str = "epoch"
+    warmup_unit: str | None = None
 
     def __post_init__(self) -> None:
+        if self.warmup_unit is None:
+            self.warmup_unit = self.unit
+        if self.warmup_unit not in UNITS:
+            raise ValueError(f"warmup unit must be one of {UNITS}, got {self.warmup_unit!r}")
         if self.name not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.name!r}")
         if self.unit not in UNITS:
             raise ValueError(f"schedule unit must be one of {UNITS}, got {self.unit!r}")
-        if self.total < 1 or self.warmup < 0 or self.warmup > self.total:
+        if self.total < 1 or self.warmup < 0 or (
+            self.warmup_unit == self.unit and self.warmup > self.total
+        ):
             raise ValueError(
                 f"need total >= 1 and 0 <= warmup <= total, got total={self.total}, "
                 f"warmup={self.warmup}"
@@ -57,11 +66,14 @@ class WarmupSchedule:
         """Multiplier during ``epoch`` (0-based) at optimizer ``step`` (0-based, counted over
         the whole run); the unit decides which of the two counts."""
         t = epoch if self.unit == "epoch" else step
-        if t < self.warmup:
-            return self.warmup_factor + (1 - self.warmup_factor) * t / self.warmup
+        warmup_t = epoch if self.warmup_unit == "epoch" else step
+        if warmup_t < self.warmup:
+            return self.warmup_factor + (1 - self.warmup_factor) * warmup_t / self.warmup
         if self.name == "cosine":
-            span = max(self.total - self.warmup, 1)
-            progress = min((t - self.warmup) / span, 1.0)
+            # The cosine starts where the warm-up ends when both count the same unit.
+            start = self.warmup if self.warmup_unit == self.unit else 0
+            span = max(self.total - start, 1)
+            progress = min((t - start) / span, 1.0)
             cosine = 0.5 * (1 + math.cos(math.pi * progress))
             return self.min_factor + (1 - self.min_factor) * cosine
         if self.name == "multistep":

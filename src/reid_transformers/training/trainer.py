@@ -171,6 +171,7 @@ class ReIDTrainer:
             flip_p=args.flip_probability,
             padding=args.crop_padding,
             erasing_p=args.erasing_probability,
+            patch_p=args.random_patch_probability,
             seed=args.seed + self.accelerator.process_index,
         )
         self.unfreezing = (
@@ -193,6 +194,7 @@ class ReIDTrainer:
             milestones=tuple(args.milestones),
             gamma=args.gamma,
             unit=args.schedule_unit,
+            warmup_unit=args.warmup_unit,
         )
         self.state = TrainerState()
         self.accelerator.register_for_checkpointing(self.state, self.augment)
@@ -202,7 +204,7 @@ class ReIDTrainer:
     def _make_optimizer(self, model) -> torch.optim.Optimizer:
         args = self.args
         groups = model.optimizer_parameter_groups(
-            args.learning_rate, args.weight_decay, args.trunk_lr_factor
+            args.learning_rate, args.weight_decay, args.trunk_lr_factor, args.transformer_lr_factor
         )
         if args.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum)
@@ -392,7 +394,9 @@ class ReIDTrainer:
             "learning_rate": args.learning_rate,
             "weight_decay": args.weight_decay,
             "scheduler": args.scheduler,
-            "warmup": args.warmup,
+            "warmup": (
+                f"{args.warmup} {args.warmup_unit or args.schedule_unit}s" if args.warmup else 0
+            ),
             "batch": (
                 f"{args.identities_per_batch} identities x "
                 f"{args.instances_per_identity} images"
@@ -402,9 +406,13 @@ class ReIDTrainer:
                 "flip": args.flip_probability,
                 "crop_padding": args.crop_padding,
                 "random_erasing": args.erasing_probability,
+                "random_patch": args.random_patch_probability,
             },
             "mixed_precision": args.mixed_precision,
         }
+        for name in ("trunk_lr_factor", "transformer_lr_factor"):
+            if getattr(args, name) != 1.0:
+                recipe[name] = getattr(args, name)
         if self.unfreezing is not None:
             recipe["blockwise_unfreezing"] = {
                 "unfreeze_every": args.unfreeze_every,

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import initialization as init
 
-from ...backbones import LoadReport, ResNetBackbone, load_resnet_pretrained
+from ...backbones import (
+    RESNET50_STAGE_CHANNELS,
+    ResNetBackbone,
+)
 from ...losses import batch_hard_triplet_loss, cross_entropy_with_label_smoothing
 from ...modeling_outputs import ReIDModelOutput
-from ...modeling_utils import BNNeck, ReIDPreTrainedModel
+from ...modeling_utils import BNNeck, ResNetReIDPreTrainedModel
 from .configuration_pan import PANConfig
-
-STAGE_CHANNELS = (256, 512, 1024, 2048)
 
 
 @dataclass
@@ -57,10 +57,14 @@ class PartFeatureLearning(nn.Module):
 
     def __init__(self, config: PANConfig, num_parts: int) -> None:
         super().__init__()
-        channels, hidden = STAGE_CHANNELS[-1], config.spatial_hidden_size
+        channels, hidden = RESNET50_STAGE_CHANNELS[-1], config.spatial_hidden_size
         self.spatial = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),
-            nn.Conv2d(hidden, num_parts, 1, bias=False), nn.BatchNorm2d(num_parts), nn.ReLU(),
+            nn.Conv2d(channels, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(),
+            nn.Conv2d(hidden, num_parts, 1, bias=False),
+            nn.BatchNorm2d(num_parts),
+            nn.ReLU(),
         )
         squeezed = max(1, channels // config.channel_reduction)
         self.channel = nn.Sequential(
@@ -85,8 +89,8 @@ class PartAwareAttention(nn.Module):
 
     def __init__(self, config: PANConfig, in_channels: int) -> None:
         super().__init__()
-        out_channels = in_channels if config.fusion == "concat" else STAGE_CHANNELS[-1]
-        self.phi = nn.Linear(STAGE_CHANNELS[-1], config.pam_dim)
+        out_channels = in_channels if config.fusion == "concat" else RESNET50_STAGE_CHANNELS[-1]
+        self.phi = nn.Linear(RESNET50_STAGE_CHANNELS[-1], config.pam_dim)
         self.psi = nn.Conv2d(in_channels, config.pam_dim, 1)
         self.f = nn.Conv2d(in_channels, out_channels, 1)
 
@@ -104,21 +108,9 @@ class PartAwareAttention(nn.Module):
         return out / x.shape[-1]  # (B, P, C_out)
 
 
-class PANPreTrainedModel(ReIDPreTrainedModel):
+class PANPreTrainedModel(ResNetReIDPreTrainedModel):
     config_class = PANConfig
     base_model_prefix = "pan"
-    trunk_parameter_prefixes = ("resnet.",)
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Conv2d):
-            # He init, as torchvision's ResNets: a 50-layer ReLU stack needs it to train
-            # from scratch (the trunk usually gets ImageNet weights instead).
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        else:
-            super()._init_weights(module)
 
 
 class PANModel(PANPreTrainedModel):
@@ -141,12 +133,12 @@ class PANModel(PANPreTrainedModel):
             PartFeatureLearning(config, k) for k in config.part_scales
         )
         self.part_attention = nn.ModuleList(
-            PartAwareAttention(config, c) for c in STAGE_CHANNELS[:3]
+            PartAwareAttention(config, c) for c in RESNET50_STAGE_CHANNELS[:3]
         )
         fused = (
-            STAGE_CHANNELS[-1] + sum(STAGE_CHANNELS[:3])
+            RESNET50_STAGE_CHANNELS[-1] + sum(RESNET50_STAGE_CHANNELS[:3])
             if config.fusion == "concat"
-            else STAGE_CHANNELS[-1]
+            else RESNET50_STAGE_CHANNELS[-1]
         )
         self.part_embedding = nn.ModuleList(
             nn.Sequential(
@@ -160,12 +152,6 @@ class PANModel(PANPreTrainedModel):
             BNNeck(config.embedding_size, config.num_identities) for _ in range(config.num_parts)
         )
         self.post_init()
-
-    def unfreezable_blocks(self) -> list[nn.Module]:
-        return self.resnet.unfreezable_blocks()
-
-    def load_pretrained_backbone(self, source: str, *, strict: bool = True) -> LoadReport:
-        return load_resnet_pretrained(self.resnet, source, strict=strict)
 
     def forward(
         self,
@@ -184,8 +170,9 @@ class PANModel(PANPreTrainedModel):
         learned = [module(stages[-1]) for module in self.part_learning]
         parts = torch.cat([p for p, _ in learned], dim=1)  # (B, P, 2048)
         masks = tuple(m for _, m in learned)
-        attended = [pam(parts, level) for pam, level in zip(self.part_attention, stages[:3],
-                                                            strict=True)]
+        attended = [
+            pam(parts, level) for pam, level in zip(self.part_attention, stages[:3], strict=True)
+        ]
         if config.fusion == "concat":
             fused = torch.cat([parts, *attended], dim=-1)  # (B, P, 3840)
         else:
