@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_time  # noqa: E402
+from common import inference_seconds  # noqa: E402
 
 from reid_transformers import HATConfig, HATModel  # noqa: E402
 from reid_transformers.backbones import ResNetBackbone  # noqa: E402
@@ -57,22 +56,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{config.image_size[0]}x{config.image_size[1]}")
     print(f"{'dtype':<10}{'trunk img/s':>13}{'HAT img/s':>11}{'time ratio':>12}")
     for dtype in (torch.float32, torch.bfloat16):
-        context = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16
-                   else nullcontext())
-
-        def timed(module, context=context):
-            def call():
-                with torch.inference_mode(), context:
-                    return module(pixels)
-
-            call()
-            return best_time(call, args.repeats)[0]
-
-        trunk_s, hat_s = timed(trunk), timed(model)
+        trunk_s = inference_seconds(lambda: trunk(pixels), dtype, args.repeats)
+        hat_s = inference_seconds(lambda: model(pixels), dtype, args.repeats)
         name = str(dtype).removeprefix("torch.")
         print(f"{name:<10}{args.batch / trunk_s:13.1f}{args.batch / hat_s:11.1f}"
               f"{hat_s / trunk_s:12.2f}")
-
 
 if __name__ == "__main__":
     main()

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_time  # noqa: E402
+from common import inference_seconds  # noqa: E402
 
 from reid_transformers import PANConfig, PANModel  # noqa: E402
 from reid_transformers.backbones import ResNetBackbone  # noqa: E402
@@ -40,21 +39,10 @@ def main(argv: list[str] | None = None) -> None:
           f"trunk {trunk_params:.1f} M")
     print(f"{'dtype':<10}{'trunk s/batch':>15}{'PAN s/batch':>13}{'ratio':>8}")
     for dtype in (torch.float32, torch.bfloat16):
-        context = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16
-                   else nullcontext())
-
-        def timed(module, context=context):
-            def call():
-                with torch.inference_mode(), context:
-                    return module(pixels)
-
-            call()
-            return best_time(call, args.repeats)[0]
-
-        trunk_s, pan_s = timed(trunk), timed(model)
+        trunk_s = inference_seconds(lambda: trunk(pixels), dtype, args.repeats)
+        pan_s = inference_seconds(lambda: model(pixels), dtype, args.repeats)
         name = str(dtype).removeprefix("torch.")
         print(f"{name:<10}{trunk_s:15.3f}{pan_s:13.3f}{pan_s / trunk_s:8.2f}")
-
 
 if __name__ == "__main__":
     main()

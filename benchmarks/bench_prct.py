@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_time  # noqa: E402
+from common import inference_seconds  # noqa: E402
 
 from reid_transformers import PRCTConfig, PRCTModel  # noqa: E402
 from reid_transformers.backbones import ResNetBackbone  # noqa: E402
@@ -84,19 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     tokens = torch.randn(args.batch, config.num_tokens, config.hidden_size, device=device)
 
     def timed(call_module, dtype):
-        context = (
-            torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-        )
-
-        def call():
-            with torch.inference_mode(), context:
-                out = call_module()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return out
-
-        call()  # warm-up
-        return best_time(call, args.repeats)[0]
+        return inference_seconds(call_module, dtype, args.repeats, device)
 
     rows, cols = config.part_grid
     print(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 
 def correlated_features(
@@ -76,3 +78,24 @@ def best_time(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
         out = fn()
         times.append(time.perf_counter() - start)
     return min(times), out
+
+
+def inference_seconds(
+    call: Callable[[], Any], dtype: torch.dtype = torch.float32, repeats: int = 2,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Best wall time of ``call()`` under ``torch.inference_mode`` after one warm-up call;
+    ``dtype`` other than float32 runs it under autocast; CUDA work is synchronised."""
+    device = torch.device(device)
+    context = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
+               else contextlib.nullcontext())
+
+    def timed_call() -> Any:
+        with torch.inference_mode(), context:
+            out = call()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    timed_call()
+    return best_time(timed_call, repeats)[0]

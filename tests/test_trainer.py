@@ -200,3 +200,36 @@ def test_two_processes_share_batches_write_once_and_gather_every_sample(tmp_path
     single = evaluate_ranking(q, g, data["query"]["pid"], data["gallery"]["pid"],
                               data["query"]["camid"], data["gallery"]["camid"], metric="cosine")
     assert metrics["mAP"] == pytest.approx(single.mean_ap, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides"),
+    [
+        ("hat", {"bottleneck_depth": 1, "tfc_depths": [1, 0, 1], "tfc_hidden_sizes": [16, 16, 32],
+                 "tfc_num_heads": 2, "tfc_head_dim": 8, "tfc_intermediate_size": 32}),
+        ("prct", {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                  "intermediate_size": 32, "linformer_k": 4}),
+    ],
+)
+def test_resnet_transformer_presets_train_and_reload(tmp_path, data, preset, overrides):
+    from reid_transformers.training.arguments import apply_preset
+
+    explicit = dict(
+        output_dir=str(tmp_path), epochs=1, image_size=(64, 32), identities_per_batch=4,
+        instances_per_identity=2, pretrained_backbone=None, progress=False, batch_size_eval=16,
+        model_overrides=json.dumps({**overrides, "frozen_batch_norm": True}), warmup=1,
+        milestones=[1],
+    )
+    args = apply_preset(ReIDTrainingArguments(preset=preset, **explicit), set(explicit))
+    trainer = ReIDTrainer(args, data=data)
+    rates = {g["group_name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    transformer_factor = 0.5 if preset == "hat" else 1.0
+    assert rates["transformer_decay"] == pytest.approx(
+        rates["new_decay"] * transformer_factor
+    )
+    metrics = trainer.train()
+    assert 0.0 <= metrics["mAP"] <= 1.0
+    model = AutoModel.from_pretrained(tmp_path / "last")
+    assert model.config.model_type == preset
+    card = (tmp_path / "last" / "README.md").read_text()
+    assert "Augmentation" in card and ("random_patch" in card or "Random patch" in card)
