@@ -153,6 +153,16 @@ def test_skipped_level_has_no_modules_and_no_head():
     assert list(model.calibrations) == ["2"] and not model.adjustments
     out = model(torch.randn(2, 3, 64, 32))
     assert len(out.logits) == 2 and out.embeddings.shape == (2, 2048 + 24)
+    labels = torch.tensor([0, 0, 1, 1])
+    trained = model.train()(torch.randn(4, 3, 64, 32), labels=labels)
+    b, t2 = trained.logits
+    fb, f2 = trained.features
+    expected = sum(
+        cross_entropy_with_label_smoothing(logits, labels, 0.1)
+        + batch_hard_triplet_loss(feature, labels, 0.3)
+        for logits, feature in ((b, fb), (t2, f2))
+    )
+    torch.testing.assert_close(trained.loss, expected)  # no auxiliary level: no aux term
 
 
 def test_token_grid_follows_the_input_size():

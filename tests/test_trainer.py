@@ -233,3 +233,4 @@ def test_resnet_transformer_presets_train_and_reload(tmp_path, data, preset, ove
     assert model.config.model_type == preset
     card = (tmp_path / "last" / "README.md").read_text()
     assert "Augmentation" in card and ("random_patch" in card or "Random patch" in card)
+    assert ("| 1 epoch |" if preset == "hat" else "| 1 step |") in card  # warm-up row

@@ -395,7 +395,10 @@ class ReIDTrainer:
             "weight_decay": args.weight_decay,
             "scheduler": args.scheduler,
             "warmup": (
-                f"{args.warmup} {args.warmup_unit or args.schedule_unit}s" if args.warmup else 0
+                f"{args.warmup} {args.warmup_unit or args.schedule_unit}"
+                + ("s" if args.warmup != 1 else "")
+                if args.warmup
+                else 0
             ),
             "batch": (
                 f"{args.identities_per_batch} identities x "

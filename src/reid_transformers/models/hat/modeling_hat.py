@@ -261,7 +261,7 @@ class HATModel(HATPreTrainedModel):
 
             terms = [head_loss(h, f) for h, f in zip(logits, features, strict=True)]
             # terms: b, the auxiliary levels, the final level.
-            loss = terms[0] + terms[-1] + config.aux_lambda * sum(terms[1:-1], torch.zeros(()))
+            loss = terms[0] + terms[-1] + config.aux_lambda * sum(terms[1:-1])
 
         output = ReIDModelOutput(
             embeddings=embeddings,
