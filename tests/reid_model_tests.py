@@ -63,6 +63,13 @@ class ReIDModelTests:
         with pytest.raises(ValueError, match="labels"):
             model(self.pixel_values(), labels=self.labels())
 
+    def test_labels_of_the_wrong_shape_or_type_are_rejected(self):
+        model = self.make_model().eval()
+        with pytest.raises(ValueError, match=r"labels must be a \(4,\) integer tensor"):
+            model(self.pixel_values(), labels=self.labels()[:3])
+        with pytest.raises(ValueError, match="dtype torch.float32"):
+            model(self.pixel_values(), labels=self.labels().float())
+
     def test_save_load_round_trip_is_bit_identical(self, tmp_path):
         model = self.make_model()
         model.train()

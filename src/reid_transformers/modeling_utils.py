@@ -75,6 +75,22 @@ class ReIDPreTrainedModel(PreTrainedModel):
             config.output_attentions if attentions is None else attentions,
         )
 
+    def _check_labels(self, labels: torch.Tensor | None, batch_size: int) -> None:
+        """``labels`` must be None or ``(batch_size,)`` integer identities, and the model must
+        have identity heads (``num_identities > 0``) to use them."""
+        if labels is None:
+            return
+        if not self.config.num_identities:
+            raise ValueError(
+                "labels were given but the model has no identity heads (num_identities=0); "
+                "load it with num_identities=<number of training identities>"
+            )
+        if labels.shape != (batch_size,) or labels.is_floating_point() or labels.is_complex():
+            raise ValueError(
+                f"labels must be a ({batch_size},) integer tensor (one identity per image), got "
+                f"shape {tuple(labels.shape)} and dtype {labels.dtype}"
+            )
+
     def unfreezable_blocks(self) -> list[nn.Module]:
         """The trunk's blocks, ordered from the top (output side) down.
 

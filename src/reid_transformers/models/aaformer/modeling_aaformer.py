@@ -144,6 +144,7 @@ class AAformerModel(AAformerPreTrainedModel):
         return_dict, output_hidden_states, output_attentions = self._resolve_output_flags(
             return_dict, output_hidden_states, output_attentions
         )
+        self._check_labels(labels, pixel_values.shape[0])
         tokens = self.vit.embeddings(pixel_values)  # (B, 1 + N, D), positions added
         parts = self.part_tokens.expand(len(tokens), -1, -1).to(tokens.dtype)
         hidden = torch.cat([tokens[:, :1], parts, tokens[:, 1:]], dim=1)  # (B, 1 + P + N, D)
@@ -169,10 +170,6 @@ class AAformerModel(AAformerPreTrainedModel):
 
         loss = None
         if labels is not None:
-            if logits is None:
-                raise ValueError(
-                    "labels were given but the model has no identity heads (num_identities=0)"
-                )
             identity = torch.stack(
                 [
                     cross_entropy_with_label_smoothing(h, labels, config.label_smoothing)

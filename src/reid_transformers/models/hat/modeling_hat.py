@@ -228,6 +228,7 @@ class HATModel(HATPreTrainedModel):
         return_dict, output_hidden_states, output_attentions = self._resolve_output_flags(
             return_dict, output_hidden_states, output_attentions
         )
+        self._check_labels(labels, pixel_values.shape[0])
         stages = self.resnet(pixel_values)
         grid = feature_grid(*pixel_values.shape[-2:], config.scale_factor)
         level_features, attentions = [], []
@@ -249,11 +250,6 @@ class HATModel(HATPreTrainedModel):
 
         loss = None
         if labels is not None:
-            if logits is None:
-                raise ValueError(
-                    "labels were given but the model has no identity heads (num_identities=0)"
-                )
-
             def head_loss(head_logits: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
                 return cross_entropy_with_label_smoothing(
                     head_logits, labels, config.label_smoothing

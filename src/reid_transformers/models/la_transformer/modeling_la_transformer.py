@@ -104,6 +104,7 @@ class LATransformerModel(LATransformerPreTrainedModel):
         return_dict, output_hidden_states, output_attentions = self._resolve_output_flags(
             return_dict, output_hidden_states, output_attentions
         )
+        self._check_labels(labels, pixel_values.shape[0])
         backbone = self.vit(
             pixel_values,
             output_hidden_states=output_hidden_states,

@@ -166,6 +166,7 @@ class PANModel(PANPreTrainedModel):
         return_dict, output_hidden_states, _ = self._resolve_output_flags(
             return_dict, output_hidden_states, False
         )
+        self._check_labels(labels, pixel_values.shape[0])
         stages = self.resnet(pixel_values)  # X1..X4
         learned = [module(stages[-1]) for module in self.part_learning]
         parts = torch.cat([p for p, _ in learned], dim=1)  # (B, P, 2048)
@@ -190,10 +191,6 @@ class PANModel(PANPreTrainedModel):
 
         loss = None
         if labels is not None:
-            if logits is None:
-                raise ValueError(
-                    "labels were given but the model has no identity heads (num_identities=0)"
-                )
             identity = sum(
                 cross_entropy_with_label_smoothing(h, labels, config.label_smoothing)
                 for h in logits

@@ -398,6 +398,7 @@ class PRCTModel(PRCTPreTrainedModel):
         return_dict, output_hidden_states, output_attentions = self._resolve_output_flags(
             return_dict, output_hidden_states, output_attentions
         )
+        self._check_labels(labels, pixel_values.shape[0])
         feature_map = self.resnet(pixel_values)[-1]  # (B, 2048, rows, cols)
         grid = (int(feature_map.shape[-2]), int(feature_map.shape[-1]))
         encoded = self.transformer(
@@ -413,10 +414,6 @@ class PRCTModel(PRCTPreTrainedModel):
 
         loss = None
         if labels is not None:
-            if head_logits is None:
-                raise ValueError(
-                    "labels were given but the model has no identity head (num_identities=0)"
-                )
             loss = cross_entropy_with_label_smoothing(
                 head_logits, labels, config.label_smoothing
             ) + config.triplet_weight * batch_hard_triplet_loss(
