@@ -147,3 +147,15 @@ def test_arguments_from_flags_preset_and_files(tmp_path):
         parse_arguments(["--preset", "huge"])
     with pytest.raises(ValueError, match="optimizer must be one of"):
         ReIDTrainingArguments(optimizer="lamb")
+
+
+def test_model_overrides_must_be_fields_of_the_architecture_config():
+    from reid_transformers.training.trainer import build_model_and_processor
+
+    misspelt = ReIDTrainingArguments(model="hat", model_overrides='{"tfc_depth": [1, 1, 1]}')
+    with pytest.raises(ValueError, match=r"\['tfc_depth'\] are not fields of HATConfig"):
+        build_model_and_processor(misspelt, num_identities=5)
+    # The tiny preset's overrides describe a ViT; HAT has no patches.
+    tiny_on_hat = parse_arguments(["--preset", "tiny", "--model", "hat"])
+    with pytest.raises(ValueError, match="patch_size"):
+        build_model_and_processor(tiny_on_hat, num_identities=5)

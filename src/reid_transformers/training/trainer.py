@@ -9,6 +9,7 @@ rate, optional blockwise unfreezing, periodic evaluation under the Market-1501 p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from datasets import DatasetDict
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, PreTrainedConfig
 
 from ..data import (
     BatchAugmentation,
@@ -44,6 +45,7 @@ from .unfreezing import BlockwiseUnfreezing
 logger = logging.getLogger(__name__)
 
 _PROCESSORS = {config.model_type: processor for config, _, processor in ARCHITECTURES}
+_CONFIGS = {config.model_type: config for config, _, _ in ARCHITECTURES}
 
 
 @dataclass
@@ -84,6 +86,7 @@ def build_model_and_processor(args: ReIDTrainingArguments, num_identities: int):
     if args.image_size is not None:
         overrides["image_size"] = args.image_size
     if args.model in _PROCESSORS:
+        _check_overrides(_CONFIGS[args.model], overrides)
         config = AutoConfig.for_model(args.model, num_identities=num_identities, **overrides)
         model = AutoModel.from_config(config)
         if args.pretrained_backbone:
@@ -93,10 +96,24 @@ def build_model_and_processor(args: ReIDTrainingArguments, num_identities: int):
         processor = _PROCESSORS[args.model](size={"height": height, "width": width})
         return model, processor
     # A checkpoint (folder or Hub id): keep the trunk, re-create heads for our identities.
+    _check_overrides(type(AutoConfig.from_pretrained(args.model)), overrides)
     config = AutoConfig.from_pretrained(args.model, num_identities=num_identities, **overrides)
     model = AutoModel.from_pretrained(args.model, config=config, ignore_mismatched_sizes=True)
     processor = AutoImageProcessor.from_pretrained(args.model)
     return model, processor
+
+
+def _check_overrides(config_class: type, overrides: dict[str, Any]) -> None:
+    """A config silently keeps unknown keyword arguments as attributes; a misspelt override
+    (``tfc_depth``) or one meant for another architecture must fail instead."""
+    known = {field.name for field in dataclasses.fields(config_class)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        own = sorted(known - {field.name for field in dataclasses.fields(PreTrainedConfig)})
+        raise ValueError(
+            f"model_overrides {unknown} are not fields of {config_class.__name__}; its fields: "
+            f"{own}"
+        )
 
 
 class _TrainCollator:
