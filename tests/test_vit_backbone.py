@@ -818,3 +818,20 @@ def test_invalid_hf_config(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "vit", "hidden_size": "wide"}')
     with pytest.raises(ValueError, match="not a valid ViT config"):
         load_vit_pretrained(ViTBackbone(_config()), tmp_path)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_head_dim_decoupled_from_the_width_matches_the_formula(attn: str) -> None:
+    from reid_transformers.configuration_utils import ConfigView
+
+    view = ConfigView(_config(attn), head_dim=5)  # 4 heads x 5 = inner 20 at width 32
+    torch.manual_seed(0)
+    attention = ViTAttention(view).eval()
+    assert attention.attention.qkv.weight.shape == (3 * HEADS * 5, HIDDEN)
+    assert attention.proj.weight.shape == (HIDDEN, HEADS * 5)
+    x = torch.randn(2, 7, HIDDEN)
+    q, k, v = attention.attention.qkv(x).reshape(2, 7, 3, HEADS, 5).permute(2, 0, 3, 1, 4)
+    weights = (q @ k.transpose(-1, -2) / 5**0.5).softmax(-1)
+    context = (weights @ v).transpose(1, 2).reshape(2, 7, HEADS * 5)
+    out, _ = attention(x)
+    torch.testing.assert_close(out, attention.proj(context), atol=1e-5, rtol=1e-5)

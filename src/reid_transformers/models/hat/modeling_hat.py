@@ -71,6 +71,9 @@ class CalibrationEmbeddings(nn.Module):
         self.cls_token = nn.Parameter(torch.empty(1, 1, hidden_size))
         self.position_embeddings = nn.Parameter(torch.empty(1, 1 + grid[0] * grid[1], hidden_size))
         self.dropout = nn.Dropout(dropout)
+        # Usable on its own; HATPreTrainedModel._init_weights draws the same distribution.
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.position_embeddings, std=0.02)
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, rows, cols)`` -> ``(B, 1 + rows * cols, hidden_size)``."""
