@@ -42,6 +42,7 @@ from transformers import PreTrainedConfig, ResNetConfig
 from .vit import (
     LoadReport,
     _detect_format,
+    _load_checked,
     _read_state_dict_file,
     _resolve_checkpoint,
     _tensor_dict,
@@ -361,9 +362,6 @@ _HF_ARCHITECTURE = (
     ("downsample_in_bottleneck", False),
 )
 
-_LIST_LIMIT = 10
-
-
 def load_resnet_pretrained(
     backbone: ResNetBackbone,
     source: str | os.PathLike[str] | StateDict,
@@ -417,24 +415,8 @@ def load_resnet_pretrained(
     missing = [
         key for key in own if key not in converted and not key.endswith("num_batches_tracked")
     ]
-    mismatched = [
-        f"{key}: checkpoint {tuple(tensor.shape)} vs backbone {tuple(own[key].shape)}"
-        for key, (_, tensor) in converted.items()
-        if tensor.shape != own[key].shape
-    ]
-    if mismatched:
-        raise ValueError(
-            f"{description}: {len(mismatched)} tensor(s) have the wrong shape for this backbone "
-            f"(first {_LIST_LIMIT}): {mismatched[:_LIST_LIMIT]}"
-        )
-    if strict and (missing or unexpected):
-        raise ValueError(
-            f"{description} does not match the ResNet-50 backbone (strict=True): "
-            f"{len(missing)} missing key(s) {missing[:_LIST_LIMIT]}, {len(unexpected)} "
-            f"unexpected key(s) {unexpected[:_LIST_LIMIT]} (at most {_LIST_LIMIT} of each "
-            "shown); pass strict=False to load the matching part"
-        )
-    backbone.load_state_dict({key: tensor for key, (_, tensor) in converted.items()}, strict=False)
+    tensors = {key: tensor for key, (_, tensor) in converted.items()}
+    _load_checked(backbone, tensors, missing, unexpected, strict, description, "ResNet-50 backbone")
     return LoadReport(
         source_format=source_format,
         loaded=tuple(sorted(converted)),

@@ -908,9 +908,32 @@ def load_vit_pretrained(
         if converted[position_key] is not table:
             resized[position_key] = (tuple(table.shape), tuple(converted[position_key].shape))
 
+    _load_checked(backbone, converted, missing, unexpected, strict, description, "backbone")
+    return LoadReport(
+        source_format=source_format,
+        loaded=tuple(sorted(converted)),
+        missing=tuple(missing),
+        unexpected=tuple(unexpected),
+        ignored=tuple(ignored),
+        resized=resized,
+    )
+
+
+def _load_checked(
+    backbone: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    missing: list[str],
+    unexpected: list[str],
+    strict: bool,
+    description: str,
+    backbone_name: str,
+) -> None:
+    """Load converted ``tensors`` into ``backbone`` after checking every shape (and, with
+    ``strict``, that nothing is missing or unexpected); nothing is loaded when it raises."""
+    own = backbone.state_dict()
     mismatched = [
         f"{key}: checkpoint {tuple(tensor.shape)} vs backbone {tuple(own[key].shape)}"
-        for key, tensor in converted.items()
+        for key, tensor in tensors.items()
         if tensor.shape != own[key].shape
     ]
     if mismatched:
@@ -920,21 +943,12 @@ def load_vit_pretrained(
         )
     if strict and (missing or unexpected):
         raise ValueError(
-            f"{description} does not match the backbone (strict=True): {len(missing)} missing "
-            f"key(s) {missing[:_LIST_LIMIT]}, {len(unexpected)} unexpected key(s) "
+            f"{description} does not match the {backbone_name} (strict=True): {len(missing)} "
+            f"missing key(s) {missing[:_LIST_LIMIT]}, {len(unexpected)} unexpected key(s) "
             f"{unexpected[:_LIST_LIMIT]} (at most {_LIST_LIMIT} of each shown); pass "
             "strict=False to load the matching part"
         )
-
-    backbone.load_state_dict(converted, strict=False)
-    return LoadReport(
-        source_format=source_format,
-        loaded=tuple(sorted(converted)),
-        missing=tuple(missing),
-        unexpected=tuple(unexpected),
-        ignored=tuple(ignored),
-        resized=resized,
-    )
+    backbone.load_state_dict(tensors, strict=False)
 
 
 def _read_source(
