@@ -159,3 +159,25 @@ def test_model_overrides_must_be_fields_of_the_architecture_config():
     tiny_on_hat = parse_arguments(["--preset", "tiny", "--model", "hat"])
     with pytest.raises(ValueError, match="patch_size"):
         build_model_and_processor(tiny_on_hat, num_identities=5)
+
+
+def test_fine_tuning_a_checkpoint_at_another_size_keeps_its_grid_parameters(tmp_path):
+    from reid_transformers import PRCTConfig, PRCTImageProcessor, PRCTModel
+    from reid_transformers.training.trainer import build_model_and_processor
+
+    torch.manual_seed(0)
+    source = PRCTModel(PRCTConfig(
+        image_size=(64, 32), num_identities=3, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32, linformer_k=4,
+    ))
+    source.save_pretrained(tmp_path)
+    PRCTImageProcessor(size={"height": 64, "width": 32}).save_pretrained(tmp_path)
+    args = ReIDTrainingArguments(model=str(tmp_path), image_size=[96, 32])
+    model, processor = build_model_and_processor(args, num_identities=7)
+    assert (processor.size["height"], processor.size["width"]) == (96, 32)
+    assert model.config.image_size == (64, 32) and model.config.num_identities == 7
+    trained = source.state_dict()
+    for name, value in model.state_dict().items():
+        if not name.startswith("neck.classifier"):  # the new identity head
+            assert torch.equal(value, trained[name]), name
+    model.train()(torch.randn(4, 3, 96, 32), labels=torch.tensor([0, 0, 1, 1])).loss.backward()

@@ -96,10 +96,18 @@ def build_model_and_processor(args: ReIDTrainingArguments, num_identities: int):
         processor = _PROCESSORS[args.model](size={"height": height, "width": width})
         return model, processor
     # A checkpoint (folder or Hub id): keep the trunk, re-create heads for our identities.
+    # Its grid-dependent parameters (position tables, PRCT's sequence projections) keep the
+    # size they were trained at and are resized on the fly for other inputs; changing the
+    # config's image_size instead would make from_pretrained re-initialise them (their shapes
+    # no longer match), so --image_size only changes the preprocessing.
+    image_size = overrides.pop("image_size", None)
     _check_overrides(type(AutoConfig.from_pretrained(args.model)), overrides)
     config = AutoConfig.from_pretrained(args.model, num_identities=num_identities, **overrides)
     model = AutoModel.from_pretrained(args.model, config=config, ignore_mismatched_sizes=True)
-    processor = AutoImageProcessor.from_pretrained(args.model)
+    resize = {} if image_size is None else {
+        "size": {"height": image_size[0], "width": image_size[1]}
+    }
+    processor = AutoImageProcessor.from_pretrained(args.model, **resize)
     return model, processor
 
 
