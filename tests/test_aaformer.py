@@ -154,3 +154,11 @@ def test_imagenet_vit_weights_load_into_the_backbone_and_parts_stay_fresh(tmp_pa
     fc1 = reference.state_dict()["layers.0.mlp.fc1.weight"]
     torch.testing.assert_close(model.vit.encoder.layers[0].mlp.fc1.weight, fc1)
     assert torch.equal(model.part_tokens, parts_before)
+
+
+def test_part_tokens_are_initialised_and_not_weight_decayed():
+    model = tiny_model()
+    assert 0.005 < float(model.part_tokens.std()) < 0.05  # truncated normal, std 0.02
+    groups = model.optimizer_parameter_groups(1e-3, weight_decay=5e-4)
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert id(model.part_tokens) in no_decay

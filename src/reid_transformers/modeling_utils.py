@@ -11,7 +11,7 @@ from .backbones import LoadReport, load_resnet_pretrained
 from .configuration_utils import ReIDConfig
 
 #: Names of bare token / position-table parameters: truncated-normal init, no weight decay.
-TOKEN_PARAMETER_NAMES = ("cls_token", "position_embeddings", "embedding_token")
+TOKEN_PARAMETER_NAMES = ("cls_token", "position_embeddings", "embedding_token", "part_tokens")
 
 
 class BNNeck(nn.Module):
@@ -178,8 +178,8 @@ class ReIDPreTrainedModel(PreTrainedModel):
                 init.ones_(module.weight)
                 init.zeros_(module.bias)
         else:
-            # Bare token and position parameters of embedding modules (ViT's class token and
-            # position table, HAT's per-level ones, PRCT's embedding token).
+            # Bare token and position parameters (ViT's class token and position table,
+            # AAformer's part tokens, HAT's per-level ones, PRCT's embedding token).
             for name, param in module.named_parameters(recurse=False):
                 if name in TOKEN_PARAMETER_NAMES:
                     init.trunc_normal_(param, std=std)

@@ -34,7 +34,6 @@ from typing import Literal, TypeAlias
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedConfig, ResNetConfig
@@ -43,6 +42,7 @@ from .vit import (
     LoadReport,
     _detect_format,
     _load_checked,
+    _read_hf_config,
     _read_state_dict_file,
     _resolve_checkpoint,
     _tensor_dict,
@@ -445,16 +445,7 @@ def _read_source(
 
 
 def _read_hf_folder(folder: Path, num_channels: int) -> tuple[dict[str, torch.Tensor], str]:
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"{folder} has no config.json; expected a Hugging Face ResNet checkpoint folder "
-            "(config.json + model.safetensors)"
-        )
-    try:
-        config = ResNetConfig.from_json_file(config_file)
-    except (json.JSONDecodeError, StrictDataclassError, TypeError, ValueError) as error:
-        raise ValueError(f"{config_file} is not a valid ResNet config: {error}") from error
+    config = _read_hf_config(folder, ResNetConfig, "ResNet")
     expected = (*_HF_ARCHITECTURE, ("num_channels", num_channels))
     differences = [
         f"{name}: checkpoint {getattr(config, name, None)!r}, expected {value!r}"

@@ -991,17 +991,22 @@ def _resolve_checkpoint(source: str | os.PathLike[str], example_repo: str) -> Pa
     return Path(folder)
 
 
-def _read_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ViTConfig, str]:
+def _read_hf_config(folder: Path, config_class: type[PreTrainedConfig], kind: str):
+    """``folder/config.json`` as ``config_class``; clear errors when missing or invalid."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(
-            f"{folder} has no config.json; expected a Hugging Face ViT checkpoint folder "
+            f"{folder} has no config.json; expected a Hugging Face {kind} checkpoint folder "
             "(config.json + model.safetensors)"
         )
     try:
-        config = ViTConfig.from_json_file(config_file)
+        return config_class.from_json_file(config_file)
     except (json.JSONDecodeError, StrictDataclassError, TypeError, ValueError) as error:
-        raise ValueError(f"{config_file} is not a valid ViT config: {error}") from error
+        raise ValueError(f"{config_file} is not a valid {kind} config: {error}") from error
+
+
+def _read_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ViTConfig, str]:
+    config = _read_hf_config(folder, ViTConfig, "ViT")
 
     single, index, legacy = (
         folder / "model.safetensors",

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import initialization as init
 
 from ...backbones import LoadReport, ViTBackbone, load_vit_pretrained
 from ...losses import batch_hard_triplet_loss, cross_entropy_with_label_smoothing
@@ -92,12 +91,6 @@ class AAformerPreTrainedModel(ReIDPreTrainedModel):
     base_model_prefix = "aaformer"
     trunk_parameter_prefixes = ("vit.",)
     _no_split_modules = ["ViTLayer"]
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, AAformerModel):
-            init.trunc_normal_(module.part_tokens, std=self.config.initializer_range)
 
 
 class AAformerModel(AAformerPreTrainedModel):
