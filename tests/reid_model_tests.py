@@ -18,6 +18,16 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, pipeline
 from reid_transformers.modeling_utils import BNNeck
 
 
+def dead_parameters(model: torch.nn.Module, tolerance: float = 0.0) -> list[str]:
+    """Names of trainable parameters whose gradient (after ``backward``) is missing or no
+    larger than ``tolerance`` everywhere: weights the loss does not reach."""
+    return [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not p.grad.abs().max() > tolerance)
+    ]
+
+
 class ReIDModelTests:
     model_class: type
     processor_class: type

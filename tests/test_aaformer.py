@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from reid_transformers import AAformerConfig, AAformerImageProcessor, AAformerModel
 from reid_transformers.backbones import ViTBackbone
 from reid_transformers.losses import batch_hard_triplet_loss, cross_entropy_with_label_smoothing
+from reid_transformers.models.aaformer import stripe_assignments
+from reid_transformers.models.aaformer.modeling_aaformer import AutoAlignmentMask
 
-from .reid_model_tests import ReIDModelTests
+from .reid_model_tests import ReIDModelTests, dead_parameters
 
 TINY = dict(
     image_size=(32, 16), patch_size=8, patch_stride=8, hidden_size=32, num_hidden_layers=3,
@@ -29,9 +31,29 @@ class TestAAformer(ReIDModelTests):
         return config
 
 
+class TestAAformerStripesPartsVisible(TestAAformer):
+    """Fixed horizontal stripes, with [CLS] and patches also attending to the parts."""
+
+    def tiny_config(self, **overrides):
+        return super().tiny_config(
+            **{"assignment": "stripes", "parts_visible_to_all": True, **overrides}
+        )
+
+
+class TestAAformerUnaligned(TestAAformer):
+    """The "6 x CLS" baseline: part tokens attend to every token."""
+
+    def tiny_config(self, **overrides):
+        return super().tiny_config(**{"assignment": "none", **overrides})
+
+
 def tiny_model(**overrides):
     torch.manual_seed(0)
     return AAformerModel(TestAAformer().tiny_config(**overrides)).eval()
+
+
+# 32x16 input, 8x8 patches: a 4 x 2 grid. Tokens: [CLS] 0, parts 1..5, patches 6..13.
+PARTS, PATCHES, NOT_PARTS = slice(1, 6), slice(6, 14), [0, *range(6, 14)]
 
 
 def test_every_patch_belongs_to_one_part_per_group_and_no_part_is_empty():
@@ -106,6 +128,11 @@ def test_nearest_assignment_switch_runs():
         ({"ot_iterations": 0}, "ot_iterations must be an integer >= 1"),
         ({"triplet_margin": -1.0}, "triplet_margin must be > 0 or None"),
         ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"parts_visible_to_all": 1}, "parts_visible_to_all must be a bool"),
+        (
+            {"assignment": "stripes", "part_granularities": (2, 5)},
+            "assignment='stripes' needs at least as many patch rows as parts",
+        ),
     ],
 )
 def test_config_validation(overrides, message):
@@ -162,3 +189,117 @@ def test_part_tokens_are_initialised_and_not_weight_decayed():
     groups = model.optimizer_parameter_groups(1e-3, weight_decay=5e-4)
     no_decay = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
     assert id(model.part_tokens) in no_decay
+
+
+# ---------------------------------------------------------------- part visibility
+
+
+def _masks(query, key, **overrides):
+    return AutoAlignmentMask(TestAAformer().tiny_config(**overrides), None)(query, key)
+
+
+def test_parts_visible_to_all_opens_exactly_the_part_columns_of_cls_and_patch_queries():
+    generator = torch.Generator().manual_seed(0)
+    query, key = (torch.randn(2, 4, 14, 8, generator=generator) for _ in range(2))
+    hidden = _masks(query, key)
+    visible = _masks(query, key, parts_visible_to_all=True)
+    differs = hidden != visible  # (B, h, T, T)
+    expected = torch.zeros(14, 14, dtype=torch.bool)
+    expected[NOT_PARTS, PARTS] = True
+    assert torch.equal(differs, expected.expand_as(differs))
+    assert torch.all(hidden[:, :, NOT_PARTS, PARTS] == float("-inf"))
+    assert torch.all(visible[:, :, NOT_PARTS, PARTS] == 0)
+
+
+def test_parts_visible_to_all_lets_cls_and_patches_attend_to_the_parts():
+    x = torch.randn(2, 3, 32, 16)
+    default = tiny_model(attn_implementation="eager")
+    visible = tiny_model(attn_implementation="eager", parts_visible_to_all=True)
+    visible.load_state_dict(default.state_dict())
+    out = visible(x, output_attentions=True, output_part_assignments=True)
+    for weights, assigned in zip(out.attentions, out.part_assignments, strict=True):
+        assert torch.all(weights[:, :, NOT_PARTS, PARTS] > 0)
+        assert torch.all(weights[:, :, PARTS, PARTS] == 0)  # part rows: their patches only
+        for part in range(5):
+            group = assigned[:, :, 0 if part < 2 else 1]
+            assert torch.all(weights[:, :, 1 + part, PATCHES][group != part] == 0)
+    # The backbone is no longer a plain ViT: the class token reads the parts.
+    vit = ViTBackbone(default.config).eval()
+    vit.load_state_dict(default.vit.state_dict())
+    plain_cls = vit(x).last_hidden_state[:, 0]
+    torch.testing.assert_close(default(x).features[0], plain_cls, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out.features[0], plain_cls, atol=1e-3)
+
+
+# ---------------------------------------------------------------- Table IV ablations
+
+
+def test_stripe_assignments_are_contiguous_row_stripes():
+    assert stripe_assignments((4, 2), 2).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert stripe_assignments((4, 2), 3).tolist() == [0, 0, 0, 0, 1, 1, 2, 2]
+    # 16 rows of 8 patches (256x128) in three stripes: 6, 5 and 5 rows.
+    parts = stripe_assignments((16, 8), 3).reshape(16, 8)
+    assert torch.equal(parts, parts[:, :1].expand(16, 8))  # one part per row
+    assert parts[:, 0].tolist() == [0] * 6 + [1] * 5 + [2] * 5
+    with pytest.raises(ValueError, match="cannot cut 2 patch rows into 3"):
+        stripe_assignments((2, 2), 3)
+
+
+def test_stripes_mask_is_exactly_the_row_partition():
+    model = tiny_model(assignment="stripes", attn_implementation="eager")
+    x = torch.randn(2, 3, 32, 16)
+    out = model(x, output_attentions=True, output_part_assignments=True)
+    expected = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1], [2, 2, 2, 2, 3, 3, 4, 4]])
+    assert len(out.part_assignments) == 3
+    for layer in out.part_assignments:
+        assert torch.equal(layer, expected.expand(2, 4, 2, 8))
+    sees = torch.zeros(5, 14, dtype=torch.bool)  # part p sees patch n iff n is in its stripe
+    for group in expected:
+        for patch, part in enumerate(group.tolist()):
+            sees[part, 6 + patch] = True
+    for weights in out.attentions:
+        assert torch.equal(weights[:, :, PARTS] > 0, sees.expand(2, 4, 5, 14))
+        assert torch.all(weights[:, :, NOT_PARTS, PARTS] == 0)
+    sdpa = tiny_model(assignment="stripes", attn_implementation="sdpa")
+    sdpa.load_state_dict(model.state_dict())
+    torch.testing.assert_close(sdpa(x).embeddings, model(x).embeddings, atol=1e-5, rtol=1e-5)
+    # Other input sizes cut their own rows; too few rows for a group is an error.
+    taller = model(torch.randn(1, 3, 48, 16), output_part_assignments=True).part_assignments
+    assert taller[0][0, 0, 1].tolist() == [2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4]
+    with pytest.raises(ValueError, match="cannot cut 2 patch rows into 3"):
+        model(torch.randn(1, 3, 16, 16))
+
+
+def test_unaligned_part_tokens_attend_to_every_token():
+    model = tiny_model(assignment="none", attn_implementation="eager")
+    x = torch.randn(2, 3, 32, 16)
+    out = model(x, output_attentions=True)
+    for weights in out.attentions:
+        assert torch.all(weights[:, :, PARTS] > 0)  # every patch, [CLS] and the parts
+        assert torch.all(weights[:, :, NOT_PARTS, PARTS] == 0)  # still hidden from the rest
+    vit = ViTBackbone(model.config).eval()
+    vit.load_state_dict(model.vit.state_dict())
+    torch.testing.assert_close(
+        out.features[0], vit(x).last_hidden_state[:, 0], atol=1e-5, rtol=1e-5
+    )
+    sdpa = tiny_model(assignment="none", attn_implementation="sdpa")
+    sdpa.load_state_dict(model.state_dict())
+    torch.testing.assert_close(sdpa(x).embeddings, out.embeddings, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="assignment='none'"):
+        model(x, output_part_assignments=True)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"assignment": "nearest"},
+        {"assignment": "stripes"},
+        {"assignment": "none"},
+        {"parts_visible_to_all": True},
+    ],
+)
+def test_every_parameter_gets_a_gradient(overrides):
+    model = tiny_model(**overrides).train()
+    model(torch.randn(4, 3, 32, 16), labels=torch.tensor([0, 0, 1, 1])).loss.backward()
+    assert not (dead := dead_parameters(model)), dead

@@ -6,6 +6,7 @@ import torch
 from reid_transformers.data import (
     BatchAugmentation,
     pad_random_crop,
+    random_cutout,
     random_erasing,
     random_horizontal_flip,
     random_patch,
@@ -137,6 +138,35 @@ def test_batch_augmentation_applies_random_patch():
     assert torch.equal(plain, x) and not torch.equal(patched, x)
 
 
+def test_cutout_zeroes_one_square_clipped_at_the_border():
+    x = torch.ones(64, 3, 32, 16)
+    out = random_cutout(x, p=1.0, size=8, generator=torch.Generator().manual_seed(4))
+    clipped = 0
+    for img in out:
+        mask = img[0] == 0
+        assert mask.any() and torch.equal(img[0], img[2])  # same square on every channel
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        height, width = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+        assert mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all()
+        assert height <= 8 and width <= 8
+        inside = 0 < ys.min() and ys.max() < 31 and 0 < xs.min() and xs.max() < 15
+        assert (height, width) == (8, 8) or not inside
+        clipped += (height, width) != (8, 8)
+    assert 0 < clipped < len(x)  # centres near the border give partial squares
+    assert torch.equal(random_cutout(x, p=0.0), x)
+    half = random_cutout(x, p=0.5, size=4, generator=torch.Generator().manual_seed(5))
+    assert 0 < sum(bool((img == 0).any()) for img in half) < len(x)
+
+
+def test_batch_augmentation_applies_cutout_last():
+    x = batch(torch.float32)
+    augment = BatchAugmentation(flip_p=0, padding=0, erasing_p=0, cutout_p=1.0, cutout_size=6,
+                                seed=0)
+    out = augment(x)
+    assert all(bool((img == 0).all(0).any()) for img in out)
+    assert torch.equal(out[out != 0], x[out != 0])
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
@@ -147,6 +177,9 @@ def test_batch_augmentation_applies_random_patch():
         (lambda: random_erasing(torch.zeros(1, 3, 8, 8), area=(0.5, 0.1)), "area must"),
         (lambda: BatchAugmentation(erasing_p=2), "erasing_p"),
         (lambda: BatchAugmentation(patch_p=-0.1), "patch_p"),
+        (lambda: BatchAugmentation(cutout_p=1.1), "cutout_p"),
+        (lambda: BatchAugmentation(cutout_size=0), "cutout_size"),
+        (lambda: random_cutout(torch.zeros(1, 3, 8, 8), size=0), "size must be"),
         (lambda: random_patch(torch.zeros(2, 3, 8, 8), aspect_ratio=(2, 1)), "aspect_ratio"),
     ],
 )

@@ -270,6 +270,27 @@ def test_evaluate_prints_the_metrics_of_the_checkpoint_and_saves_json(
     assert printed["flip"] is True and printed["reranked_metrics"] is None
 
 
+def test_dataset_flags_choose_the_cuhk03_split(capsys, tmp_path, shared_checkpoint):
+    from .test_datasets import make_folder_dataset
+
+    root = tmp_path / "cuhk03-np"
+    for split, pid in (("detected", 700), ("labeled", 701)):
+        make_folder_dataset(root / split, {
+            "train": [f"{pid - 600:04d}_c1_1.png"],
+            "query": [f"{pid:04d}_c1_1.png"],
+            "gallery": [f"{pid:04d}_c2_1.png", f"{pid:04d}_c2_2.png"],
+        })
+    output = tmp_path / "emb.npz"
+    code, out, err = run(
+        capsys, "extract", "--model", shared_checkpoint, "--dataset", "cuhk03_np",
+        "--data-dir", root, "--cuhk03-split", "labeled", "--split", "gallery",
+        "--output", output, "--no-progress",
+    )
+    assert code == 0, err
+    with np.load(output, allow_pickle=False) as stored:
+        assert set(stored["pids"].tolist()) == {701}
+
+
 def test_evaluate_model_example_wraps_the_command(capsys, shared_checkpoint, root):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     try:

@@ -304,6 +304,18 @@ def test_cuhk03_split_choice(cuhk_root: Path) -> None:
     assert labeled["train"].info.config_name == "labeled"
 
 
+def test_training_and_cli_choose_the_cuhk03_split(cuhk_root: Path) -> None:
+    from reid_transformers.training import ReIDTrainingArguments
+    from reid_transformers.training.trainer import load_training_data
+
+    args = ReIDTrainingArguments(
+        dataset="cuhk03_np", data_dir=str(cuhk_root), cuhk03_split="labeled", progress=False
+    )
+    assert load_training_data(args)["query"]["pid"][:] == [701]
+    with pytest.raises(ValueError, match="cuhk03_split must be 'detected' or 'labeled'"):
+        ReIDTrainingArguments(cuhk03_split="hand")
+
+
 def test_cuhk03_missing_split_folder_and_bad_split_value(cuhk_root: Path) -> None:
     shutil.rmtree(cuhk_root / "labeled")
     with pytest.raises(FileNotFoundError, match="labeled"):

@@ -114,7 +114,11 @@ def test_dataloader_ignores_the_datasets_transform_and_honours_the_image_mode(da
     grey = dataset.cast_column("image", Image(mode="L")).with_transform(lambda batch: batch)
     batch = next(iter(embedding_dataloader(grey, tiny_processor(), batch_size=3)))
     # An "L" image gives three identical channels after the processor's RGB conversion.
-    torch.testing.assert_close(batch["pixel_values"][:, 0], batch["pixel_values"][:, 2])
+    processor = tiny_processor()
+    mean = torch.tensor(processor.image_mean)[:, None, None]
+    std = torch.tensor(processor.image_std)[:, None, None]
+    pixels = batch["pixel_values"] * std + mean
+    torch.testing.assert_close(pixels[:, 0], pixels[:, 2])
     assert batch["index"].tolist() == [0, 1, 2]
 
 

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from reid_transformers import (
     LATransformerConfig,
@@ -12,7 +14,7 @@ from reid_transformers import (
     LATransformerModel,
 )
 
-from .reid_model_tests import ReIDModelTests
+from .reid_model_tests import ReIDModelTests, dead_parameters
 
 TINY = dict(
     image_size=(32, 16), patch_size=8, patch_stride=8, hidden_size=32, num_hidden_layers=3,
@@ -31,6 +33,20 @@ class TestLATransformer(ReIDModelTests):
         if attn is not None:
             config._attn_implementation = attn
         return config
+
+
+class TestLATransformerGlobal(TestLATransformer):
+    """The "LA Global" ablation: every row classifier sees the [CLS] token."""
+
+    def tiny_config(self, **overrides):
+        return super().tiny_config(**{"classifier_input": "global", **overrides})
+
+
+class TestLATransformerCLSBaseline(TestLATransformer):
+    """The single-classifier ViT baseline."""
+
+    def tiny_config(self, **overrides):
+        return super().tiny_config(**{"classification": "cls", **overrides})
 
 
 def tiny_model(**overrides):
@@ -126,8 +142,94 @@ def test_256x128_input_has_16_row_classifiers():
         ({"num_identities": -2}, "num_identities must be an integer >= 0"),
         ({"classifier_dropout": 1.0}, r"classifier_dropout must be in \[0.0, 1.0\)"),
         ({"patch_stride": 9}, "patch_stride"),
+        ({"classification": "pcb"}, "classification must be one of"),
+        ({"classifier_input": "cls"}, "classifier_input must be one of"),
+        (
+            {"classification": "cls", "classifier_input": "global"},
+            "classifier_input='global' needs classification='rows'",
+        ),
+        (
+            {"classification": "cls", "test_feature": "gelt"},
+            "test_feature='gelt' needs classification='rows'",
+        ),
     ],
 )
 def test_config_validation(overrides, message):
     with pytest.raises(ValueError, match=message):
         LATransformerConfig(**{**TINY, **overrides})
+
+
+# ---------------------------------------------------------------- input pipeline
+
+
+def test_processor_follows_the_released_training_code():
+    processor = LATransformerImageProcessor()
+    assert processor.size == {"height": 224, "width": 224}
+    assert processor.resample == Image.Resampling.BICUBIC
+    assert tuple(processor.image_mean) == (0.485, 0.456, 0.406)
+    assert tuple(processor.image_std) == (0.229, 0.224, 0.225)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (50, 30, 3), dtype=np.uint8))
+    pixels = processor(image, size={"height": 32, "width": 16}, return_tensors="pt")
+    resized = np.asarray(image.resize((16, 32), Image.Resampling.BICUBIC), dtype=np.float64)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    expected = ((resized / 255 - mean) / std).transpose(2, 0, 1)[None]
+    np.testing.assert_allclose(pixels["pixel_values"].numpy(), expected, atol=1e-5, rtol=0)
+
+
+def test_plain_shuffled_batches_suffice():
+    # Cross-entropy only, no triplet term: the trainer needs no identity-balanced sampler.
+    assert LATransformerModel.requires_identity_balanced_batches is False
+
+
+# ---------------------------------------------------------------- Table 2 ablations
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"classifier_input": "global"}, {"classification": "cls"}],
+)
+def test_every_parameter_gets_a_gradient(overrides):
+    model = tiny_model(**overrides).train()
+    model(torch.randn(4, 3, 32, 16), labels=torch.tensor([0, 1, 2, 4])).loss.backward()
+    assert not dead_parameters(model)
+
+
+def test_la_global_feeds_the_class_token_to_every_row_classifier():
+    model = tiny_model(classifier_input="global")
+    x, y = torch.randn(3, 3, 32, 16), torch.tensor([0, 1, 4])
+    out = model(x, labels=y)
+    tokens = model.vit(x).last_hidden_state
+    cls = tokens[:, 0]
+    assert len(out.features) == len(out.logits) == 4  # still one classifier per row
+    for head, feature, logits in zip(model.row_classifiers, out.features, out.logits,
+                                     strict=True):
+        torch.testing.assert_close(feature, cls)
+        torch.testing.assert_close(logits, head(cls))
+    torch.testing.assert_close(out.loss, sum(F.cross_entropy(g, y) for g in out.logits))
+    # The retrieval embedding is unchanged: the row means, as in LA-Transformer.
+    row_means = tokens[:, 1:].reshape(3, 4, 2, 32).mean(2)
+    torch.testing.assert_close(out.embeddings, (F.normalize(row_means, dim=-1) / 2).flatten(1))
+    # Same weights, GELT input: different logits, so the switch really changes the input.
+    gelt = tiny_model()
+    gelt.load_state_dict(model.state_dict())
+    assert not torch.allclose(gelt(x).logits[0], out.logits[0])
+
+
+def test_cls_baseline_has_one_classifier_on_the_class_token():
+    model = tiny_model(classification="cls")
+    assert model.row_classifiers is None and model.cls_classifier is not None
+    x, y = torch.randn(3, 3, 32, 16), torch.tensor([0, 1, 4])
+    out = model(x, labels=y)
+    cls = model.vit(x).last_hidden_state[:, 0]
+    assert len(out.logits) == 1 and len(out.features) == 1
+    torch.testing.assert_close(out.features[0], cls)
+    torch.testing.assert_close(out.logits[0], model.cls_classifier(cls))
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits[0], y))
+    torch.testing.assert_close(out.embeddings, F.normalize(cls, dim=-1))
+    assert out.embeddings.shape == (3, 32)
+    assert torch.equal(model.predict_identity(x), out.logits[0].argmax(-1))
+    # One classifier, so any input size has logits and a loss.
+    other = model(torch.randn(2, 3, 48, 16), labels=torch.tensor([0, 1]))
+    assert other.logits[0].shape == (2, 5) and torch.isfinite(other.loss)
+    assert tiny_model(classification="cls", num_identities=0).cls_classifier is None

@@ -15,7 +15,7 @@ from reid_transformers.models.prct import (
     sincos_position_encoding_2d,
 )
 
-from .reid_model_tests import ReIDModelTests
+from .reid_model_tests import ReIDModelTests, dead_parameters
 
 # 64x32 -> a 4x2 stage-4 grid: n = 1 + 8 = 9 tokens; width 32 projected from 2048.
 TINY = dict(
@@ -257,11 +257,41 @@ def test_other_token_count_runs_and_uses_resized_parameters():
 
 def test_embeddings_are_the_normalised_bnneck_feature():
     model = tiny_model()
-    out = model(torch.randn(3, 3, 64, 32))
+    assert model.embedding_projection is None  # no FC layer by default
+    x = torch.randn(3, 3, 64, 32)
+    out = model(x, output_hidden_states=True)
     feature = out.features[0]
     assert feature.shape == (3, 32) and len(out.logits) == 1
+    token = model.transformer.layernorm(out.hidden_states[-1])[:, 0]
+    torch.testing.assert_close(feature, token)
     torch.testing.assert_close(out.embeddings, F.normalize(model.neck.bn(feature), dim=-1))
     torch.testing.assert_close(out.embeddings.norm(dim=-1), torch.ones(3))
+
+
+def test_embedding_projection_is_an_fc_layer_between_the_token_and_the_bnneck():
+    model = tiny_model(embedding_projection_size=16).train()
+    fc = model.embedding_projection
+    assert (fc.in_features, fc.out_features) == (32, 16) and fc.bias is not None
+    assert model.neck.bn.num_features == 16 and model.neck.classifier.in_features == 16
+    x, y = torch.randn(4, 3, 64, 32), torch.tensor([0, 0, 1, 1])
+    torch.manual_seed(4)
+    out = model(x, labels=y, output_hidden_states=True)
+    token = model.transformer.layernorm(out.hidden_states[-1])[:, 0]
+    feature = out.features[0]
+    torch.testing.assert_close(feature, fc(token))  # the triplet loss sees the FC output
+    expected = cross_entropy_with_label_smoothing(
+        out.logits[0], y, 0.1
+    ) + batch_hard_triplet_loss(feature, y, 0.3)
+    torch.testing.assert_close(out.loss, expected)
+    model.eval()
+    out = model(x)
+    assert out.embeddings.shape == (4, 16)
+    torch.testing.assert_close(
+        out.embeddings, F.normalize(model.neck.bn(out.features[0]), dim=-1)
+    )
+    assert model(x[:1]).embeddings.shape == (1, 16)  # batch size 1
+    groups = {g["group_name"]: g for g in model.optimizer_parameter_groups(1e-3, 5e-4)}
+    assert any(p is fc.weight for p in groups["new_decay"]["params"])
 
 
 def test_loss_is_the_formula_with_its_terms_recomputed():
@@ -295,18 +325,14 @@ def test_loss_is_the_formula_with_its_terms_recomputed():
             "num_attention_heads": 8,
             "frozen_batch_norm": False,
         },
+        {"embedding_projection_size": 16},
     ],
 )
 def test_every_parameter_gets_a_gradient(overrides):
     model = tiny_model(**overrides).train()
     assert (model.embeddings.projection is None) == (model.config.hidden_size == 2048)
     model(torch.randn(4, 3, 64, 32), labels=torch.tensor([0, 0, 1, 1])).loss.backward()
-    dead = [
-        name
-        for name, p in model.named_parameters()
-        if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
-    ]
-    assert not dead, dead
+    assert not (dead := dead_parameters(model)), dead
 
 
 @pytest.mark.parametrize(
@@ -336,7 +362,8 @@ def test_default_config_matches_the_paper():
     assert config.num_tokens == 129 and config.hidden_size == 2048
     assert (config.num_hidden_layers, config.num_attention_heads, config.linformer_k) == (12, 8, 64)
     assert config.attention == "linear" and config.position_encoding == "sine+learned"
-    assert config.hidden_dropout_prob == config.attention_probs_dropout_prob == 0.1
+    assert config.hidden_dropout_prob == config.attention_probs_dropout_prob == 0.1  # ours
+    assert config.embedding_projection_size is None and config.embedding_size == 2048
     assert PRCTConfig(last_stride=2).part_grid == (8, 4)
     assert PRCTConfig(image_size=(250, 120)).part_grid == (16, 8)  # ceil, as the trunk
 
@@ -367,6 +394,8 @@ def test_optimizer_groups_keep_tokens_and_positions_out_of_weight_decay():
         ({"hidden_dropout_prob": 1.0}, "hidden_dropout_prob"),
         ({"share_kv_projection": "yes"}, "share_kv_projection must be a bool"),
         ({"image_size": (8, 8)}, "16-pixel stride"),
+        ({"embedding_projection_size": 0}, "embedding_projection_size must be a positive"),
+        ({"embedding_projection_size": 8.0}, "embedding_projection_size must be a positive"),
     ],
 )
 def test_config_validation(overrides, message):

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from reid_transformers.data import PKSampler
+from reid_transformers.data import PKSampler, RandomBatchSampler
 
 
 def labels(counts):
@@ -77,3 +77,28 @@ def test_bad_arguments(kwargs, message):
         PKSampler(labels([3, 3, 3]), **kwargs)
     with pytest.raises(ValueError, match="non-empty 1-D"):
         PKSampler([], 1, 1)
+
+
+def test_random_batches_cover_the_dataset_once_per_epoch():
+    sampler = RandomBatchSampler(70, batch_size=32, seed=3)
+    batches = list(sampler)
+    assert [len(b) for b in batches] == [32, 32, 6] == [len(b) for b in batches][: len(sampler)]
+    assert sorted(i for b in batches for i in b) == list(range(70))
+    assert list(sampler) == batches  # same epoch, same shuffle
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    # A final batch of one image would break BatchNorm in training: it is left out.
+    lonely = RandomBatchSampler(65, batch_size=32)
+    assert [len(b) for b in lonely] == [32, 32] and len(lonely) == 2
+
+
+def test_random_batches_are_disjoint_across_ranks_and_equal_in_number():
+    ranks = [RandomBatchSampler(100, 16, seed=0, num_replicas=3, rank=r) for r in range(3)]
+    per_rank = [list(s) for s in ranks]
+    assert {len(b) for b in per_rank} == {len(ranks[0])} == {2}  # 7 batches cut to 6
+    seen = [i for batches in per_rank for b in batches for i in b]
+    assert len(seen) == len(set(seen)) == 6 * 16
+    with pytest.raises(ValueError, match="rank must be in"):
+        RandomBatchSampler(10, 2, num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        RandomBatchSampler(10, 0)

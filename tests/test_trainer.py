@@ -126,6 +126,42 @@ def test_batch_larger_than_the_dataset_is_a_clear_error(tmp_path, data):
         ReIDTrainer(arguments(tmp_path, identities_per_batch=64), data=data)
 
 
+def test_random_sampler_trains_la_transformer_on_shuffled_batches(tmp_path, data):
+    trainer = ReIDTrainer(
+        arguments(tmp_path, epochs=1, sampler="random", batch_size=8, eval_every=0), data=data
+    )
+    assert len(trainer.sampler) == len(data["train"]) // 8 + (len(data["train"]) % 8 > 1)
+    trainer.train()
+    card = (tmp_path / "last" / "README.md").read_text()
+    assert "8 images, shuffled" in card
+
+
+def test_random_sampler_is_refused_for_models_with_a_triplet_loss(tmp_path, data):
+    tiny_vit = {k: v for k, v in TINY_MODEL.items() if k != "classifier_hidden_size"}
+    args = arguments(tmp_path, model="aaformer", model_overrides=json.dumps(tiny_vit),
+                     sampler="random")
+    with pytest.raises(ValueError, match="--sampler random cannot train AAformerModel"):
+        ReIDTrainer(args, data=data)
+
+
+def test_max_steps_ends_the_run_at_the_step_budget(tmp_path, data):
+    trainer = ReIDTrainer(
+        arguments(tmp_path, epochs=1, max_steps=5, scheduler="multistep", schedule_unit="step",
+                  milestones=[3], identities_per_batch=8),
+        data=data,
+    )
+    per_epoch = len(trainer.sampler)
+    assert per_epoch < 5 and trainer.num_epochs == -(-5 // per_epoch)  # > --epochs
+    metrics = trainer.train()
+    assert trainer.state.global_step == 5 and "mAP" in metrics
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "train_loss" in r][-1] == 5
+    assert log[-1]["step"] == 5 and "mAP" in log[-1]
+    # The step schedule spans the budget: x0.1 from step 3 on.
+    assert log[-2]["learning_rate"] == pytest.approx(1e-4)
+    assert "Optimizer steps (budget)" in (tmp_path / "last" / "README.md").read_text()
+
+
 def test_resume_without_state_is_a_clear_error(tmp_path, data):
     trainer = ReIDTrainer(arguments(tmp_path, resume=True), data=data)
     with pytest.raises(FileNotFoundError, match="holds no saved state"):

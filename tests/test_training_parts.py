@@ -18,7 +18,9 @@ from .test_la_transformer import tiny_model
 
 
 def test_unfreezing_releases_one_block_per_period_from_the_top():
-    schedule = BlockwiseUnfreezing(unfreeze_every=2, lr_decay=0.5, initially_unfrozen=1)
+    schedule = BlockwiseUnfreezing(
+        unfreeze_every=2, lr_decay=0.5, initially_unfrozen=1, lr_decay_schedule="releases"
+    )
     assert [schedule.trainable_blocks(e, 3) for e in range(7)] == [1, 1, 2, 2, 3, 3, 3]
     assert [schedule.lr_factor(e, 3) for e in range(7)] == [1, 1, 0.5, 0.5, 0.25, 0.25, 0.25]
     model = tiny_model()  # 3 encoder layers
@@ -27,6 +29,35 @@ def test_unfreezing_releases_one_block_per_period_from_the_top():
     assert [all(p.requires_grad for p in b.parameters()) for b in blocks] == [True, True, False]
     assert all(p.requires_grad for p in model.vit.embeddings.parameters())
     assert all(p.requires_grad for p in model.row_classifiers.parameters())
+
+
+def _replay_released_la_transformer_loop(num_epochs, unfreeze_after, lr_decay, num_blocks=12):
+    """The released LA-Transformer training loop, step by step: every block frozen, then at
+    each epoch with ``epoch % unfreeze_after == 0`` the counter goes up by one, the blocks
+    ``blocks[num_blocks - 1 - counter:]`` are released and the rate is multiplied by
+    ``lr_decay``. Returns per epoch (trainable blocks, learning-rate factor)."""
+    trainable = [False] * num_blocks
+    unfrozen_blocks, lr, per_epoch = 0, 1.0, []
+    for epoch in range(num_epochs):
+        if epoch % unfreeze_after == 0:
+            unfrozen_blocks += 1
+            for index in range(max(num_blocks - 1 - unfrozen_blocks, 0), num_blocks):
+                trainable[index] = True
+            lr *= lr_decay
+        per_epoch.append((sum(trainable), lr))
+    return per_epoch
+
+
+def test_unfreezing_default_replays_the_released_la_transformer_loop():
+    released = _replay_released_la_transformer_loop(30, unfreeze_after=2, lr_decay=0.8)
+    schedule = BlockwiseUnfreezing(unfreeze_every=2, lr_decay=0.8, initially_unfrozen=2)
+    assert schedule.lr_decay_schedule == "periodic"
+    ours = [(schedule.trainable_blocks(e, 12), schedule.lr_factor(e, 12)) for e in range(30)]
+    assert [blocks for blocks, _ in ours] == [blocks for blocks, _ in released]
+    assert [lr for _, lr in ours] == pytest.approx([lr for _, lr in released], rel=1e-12)
+    assert released[0] == (2, pytest.approx(0.8)) and released[-1][1] == pytest.approx(0.8**15)
+    # The released loop logged lr 4.0265e-05 for epoch 16 at 3e-4 (9 decays).
+    assert 3e-4 * schedule.lr_factor(16, 12) == pytest.approx(4.026531840000002e-05)
 
 
 def test_frozen_blocks_stay_bit_identical_under_the_optimizer():
@@ -53,6 +84,8 @@ def test_unfreezing_rejects_bad_settings():
         BlockwiseUnfreezing(unfreeze_every=0)
     with pytest.raises(ValueError, match="lr_decay"):
         BlockwiseUnfreezing(lr_decay=0)
+    with pytest.raises(ValueError, match="lr_decay_schedule must be one of"):
+        BlockwiseUnfreezing(lr_decay_schedule="stepwise")
 
 
 def test_warmup_then_cosine_and_multistep():
@@ -92,6 +125,18 @@ def test_optimizer_groups_split_trunk_and_decay():
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
+def test_weight_decay_scope_all_decays_every_parameter():
+    model = tiny_model()
+    groups = model.optimizer_parameter_groups(1e-3, 5e-4, weight_decay_scope="all")
+    assert {g["group_name"] for g in groups} == {"trunk_decay", "new_decay"}
+    assert all(g["weight_decay"] == 5e-4 for g in groups)
+    decayed = {id(p) for g in groups for p in g["params"]}
+    assert decayed == {id(p) for p in model.parameters()}
+    assert id(model.vit.embeddings.cls_token) in decayed
+    with pytest.raises(ValueError, match="weight_decay_scope must be one of"):
+        model.optimizer_parameter_groups(1e-3, 5e-4, weight_decay_scope="norms")
+
+
 def test_optimizer_groups_put_transformer_layers_at_their_own_rate():
     from reid_transformers.models.hat import HATConfig, HATModel
 
@@ -106,8 +151,10 @@ def test_optimizer_groups_put_transformer_layers_at_their_own_rate():
     names = {id(p): n for n, p in model.named_parameters()}
     transformer = {names[id(p)] for g in groups if g["group_name"].startswith("transformer")
                    for p in g["params"]}
-    assert transformer == {n for n in names.values() if n.startswith("calibrations.")}
-    no_decay = {names[id(p)] for p in by_name["transformer_no_decay"]["params"]}
+    # Only the TFC transformer layers: not their embeddings, class tokens or positions.
+    assert transformer == {n for n in names.values() if ".encoder." in n}
+    assert transformer and all(n.startswith("calibrations.") for n in transformer)
+    no_decay = {names[id(p)] for p in by_name["new_no_decay"]["params"]}
     assert "calibrations.1.embeddings.cls_token" in no_decay
     assert "calibrations.3.embeddings.position_embeddings" in no_decay
 
@@ -134,8 +181,8 @@ def test_arguments_from_flags_preset_and_files(tmp_path):
     assert (pan.trunk_lr_factor, pan.milestones, pan.schedule_unit) == (0.1, [5000, 7500], "step")
     hat = parse_arguments(["--preset", "hat"])
     assert (hat.model, hat.learning_rate, hat.transformer_lr_factor) == ("hat", 4e-4, 0.5)
-    assert (hat.milestones, hat.gamma, hat.warmup, hat.warmup_factor) == (
-        [50, 70, 90, 110], 0.4, 10, 0.01,
+    assert (hat.epochs, hat.milestones, hat.gamma, hat.warmup, hat.warmup_factor) == (
+        150, [50, 70, 90, 110, 130], 0.4, 10, 0.01,
     )
     prct = parse_arguments(["--preset", "prct", "--epochs", "60"])
     assert (prct.model, prct.learning_rate, prct.milestones, prct.epochs) == (
@@ -145,6 +192,33 @@ def test_arguments_from_flags_preset_and_files(tmp_path):
     assert prct.random_patch_probability == 0.5 and prct.erasing_probability == 0.5
     with pytest.raises(ValueError, match="unknown preset"):
         parse_arguments(["--preset", "huge"])
+
+
+def test_paper_presets_follow_their_reference_code():
+    la = parse_arguments(["--preset", "la_transformer"])
+    assert (la.sampler, la.batch_size, la.weight_decay_scope) == ("random", 32, "all")
+    assert (la.initially_unfrozen, la.lr_decay, la.lr_decay_schedule) == (2, 0.8, "periodic")
+    assert (la.crop_padding, la.erasing_probability, la.flip_probability) == (0, 0.0, 0.5)
+    pan = parse_arguments(["--preset", "pan"])
+    assert (pan.max_steps, pan.erasing_probability) == (10000, 0.5)
+    for name in ("la_transformer", "aaformer", "pan", "hat", "prct"):
+        assert parse_arguments(["--preset", name]).weight_decay_scope == "all", name
+    assert parse_arguments(["--preset", "tiny"]).lr_decay_schedule == "releases"
+
+
+def test_sampling_and_budget_arguments_are_checked():
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        ReIDTrainingArguments(sampler="balanced")
+    with pytest.raises(ValueError, match="batch_size applies to --sampler random"):
+        ReIDTrainingArguments(batch_size=32)
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        ReIDTrainingArguments(sampler="random", batch_size=1)
+    with pytest.raises(ValueError, match="max_steps must be >= 0"):
+        ReIDTrainingArguments(max_steps=-1)
+    with pytest.raises(ValueError, match="weight_decay_scope must be one of"):
+        ReIDTrainingArguments(weight_decay_scope="bias")
+    with pytest.raises(ValueError, match="lr_decay_schedule must be one of"):
+        ReIDTrainingArguments(lr_decay_schedule="never")
     with pytest.raises(ValueError, match="optimizer must be one of"):
         ReIDTrainingArguments(optimizer="lamb")
 
@@ -155,10 +229,30 @@ def test_model_overrides_must_be_fields_of_the_architecture_config():
     misspelt = ReIDTrainingArguments(model="hat", model_overrides='{"tfc_depth": [1, 1, 1]}')
     with pytest.raises(ValueError, match=r"\['tfc_depth'\] are not fields of HATConfig"):
         build_model_and_processor(misspelt, num_identities=5)
-    # The tiny preset's overrides describe a ViT; HAT has no patches.
-    tiny_on_hat = parse_arguments(["--preset", "tiny", "--model", "hat"])
+    # Overrides given for one architecture are refused by another.
+    vit_on_hat = ReIDTrainingArguments(model="hat", model_overrides='{"patch_size": 8}')
     with pytest.raises(ValueError, match="patch_size"):
-        build_model_and_processor(tiny_on_hat, num_identities=5)
+        build_model_and_processor(vit_on_hat, num_identities=5)
+
+
+@pytest.mark.parametrize("architecture", ["la_transformer", "aaformer", "pan", "hat", "prct"])
+def test_tiny_preset_builds_a_cpu_sized_model_of_every_architecture(architecture):
+    from reid_transformers.training.trainer import build_model_and_processor
+
+    args = parse_arguments(["--preset", "tiny", "--model", architecture])
+    model, processor = build_model_and_processor(args, num_identities=6)
+    assert model.config.model_type == architecture
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
+    assert (processor.size["height"], processor.size["width"]) == (64, 32)
+    if architecture in ("pan", "hat", "prct"):
+        assert model.config.layer_type == "basic" and model.config.depths == (1, 1, 1, 1)
+    model.train()
+    labels = torch.arange(8) % 4
+    model(torch.randn(8, 3, 64, 32), labels=labels).loss.backward()
+    explicit = parse_arguments(
+        ["--preset", "tiny", "--model", architecture, "--model_overrides", "{}"]
+    )
+    assert explicit.model_overrides == "{}"  # an explicit flag wins
 
 
 def test_fine_tuning_a_checkpoint_at_another_size_keeps_its_grid_parameters(tmp_path):

@@ -383,6 +383,54 @@ def test_mlp_computes_fc2_gelu_fc1() -> None:
     assert _max_diff(mlp(hidden), expected) < 1e-6
 
 
+def test_mlp_activation_dropout_is_optional_and_sits_before_fc2() -> None:
+    from reid_transformers.configuration_utils import ConfigView
+
+    # Without the field (every ViT model): no dropout module there, no random draws.
+    assert isinstance(ViTMLP(_config()).activation_dropout, torch.nn.Identity)
+    mlp = ViTMLP(ConfigView(_config(), activation_dropout=0.5, hidden_dropout_prob=0.25)).train()
+    hidden = torch.randn(2, 5, HIDDEN)
+    torch.manual_seed(3)
+    inner = F.dropout(F.gelu(mlp.fc1(hidden)), 0.5, training=True)
+    expected = F.dropout(mlp.fc2(inner), 0.25, training=True)
+    torch.manual_seed(3)
+    assert _max_diff(mlp(hidden), expected) < 1e-6
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("attention_scale", ["head_dim", "width"])
+def test_attention_scale_matches_the_formula(attn: str, attention_scale: str) -> None:
+    from reid_transformers.configuration_utils import ConfigView
+
+    config = _config(attn) if attention_scale == "head_dim" else ConfigView(
+        _config(attn), attention_scale="width"
+    )
+    attention = _randomise(ViTAttention(config), seed=14).eval()
+    head_dim = HIDDEN // HEADS
+    scale = head_dim**-0.5 if attention_scale == "head_dim" else HIDDEN**-0.5
+    assert attention.attention.scaling == pytest.approx(scale)
+    x = torch.randn(2, 7, HIDDEN, generator=torch.Generator().manual_seed(15))
+    qkv = attention.attention.qkv(x).reshape(2, 7, 3, HEADS, head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv
+    weights = (q @ k.transpose(-1, -2) * scale).softmax(-1)
+    context = (weights @ v).transpose(1, 2).reshape(2, 7, HIDDEN)
+    with torch.no_grad():
+        out, _ = attention(x)
+        assert _max_diff(out, attention.proj(context)) < TOL
+
+
+def test_vit_reid_config_attention_fields() -> None:
+    from reid_transformers.configuration_utils import ViTReIDConfig
+
+    config = ViTReIDConfig()
+    assert config.attention_scale == "head_dim" and config.activation_dropout == 0.0
+    assert ViTReIDConfig(attention_scale="width").attention_scale == "width"
+    with pytest.raises(ValueError, match="attention_scale must be one of"):
+        ViTReIDConfig(attention_scale="sqrt")
+    with pytest.raises(ValueError, match="activation_dropout"):
+        ViTReIDConfig(activation_dropout=1.0)
+
+
 # ------------------------------------------------------------------- position embeddings
 
 
@@ -657,6 +705,8 @@ def test_bad_pixel_values() -> None:
         ({"hidden_act": "swishy"}, "swishy"),
         ({"drop_path_rate": 1.0}, "drop_path_rate"),
         ({"num_hidden_layers": 0}, "num_hidden_layers"),
+        ({"attention_scale": "sqrt"}, "attention_scale must be one of"),
+        ({"activation_dropout": 1.0}, "activation_dropout"),
     ],
 )
 def test_bad_config(overrides: dict[str, object], message: str) -> None:

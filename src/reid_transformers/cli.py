@@ -142,6 +142,14 @@ def _add_dataset_flag(parser: _ArgumentContainer, *, default: str | None) -> Non
     )
 
 
+def _add_dataset_loading_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose what of ``--dataset`` is loaded (as the trainer's)."""
+    _flag(parser, "cuhk03-split", choices=("detected", "labeled"), default="detected",
+          help="cuhk03_np: detected (default) or labeled boxes")
+    _flag(parser, "merge-val", action="store_true",
+          help="msmt17: add list_val.txt to the train split")
+
+
 def _add_embedding_flags(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "flip", action="store_true", help="average each embedding with its mirror's")
     _flag(parser, "batch-size", type=int, default=64, metavar="N", help="default 64")
@@ -162,10 +170,16 @@ def _check_embedding_flags(parser: argparse.ArgumentParser, args: argparse.Names
     _require_at_least(parser, "--num-workers", args.num_workers, 0)
 
 
-def _load_dataset(name: str, data_dir: str | None, *, progress: bool) -> DatasetDict:
-    """The dataset the trainer would use for ``--dataset NAME --data_dir DIR``."""
+def _load_dataset(args: argparse.Namespace, *, progress: bool) -> DatasetDict:
+    """The dataset the trainer would use for the same dataset flags."""
     return load_training_data(
-        ReIDTrainingArguments(dataset=name, data_dir=data_dir, progress=progress)
+        ReIDTrainingArguments(
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            cuhk03_split=args.cuhk03_split,
+            merge_val=args.merge_val,
+            progress=progress,
+        )
     )
 
 
@@ -250,6 +264,7 @@ def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
     _add_model_flag(parser, "checkpoint folder (save_pretrained of model and processor) or Hub id")
     _add_dataset_flag(parser, default="synthetic")
     _flag(parser, "data-dir", metavar="DIR", help="dataset root (for synthetic: where to cache it)")
+    _add_dataset_loading_flags(parser)
     _flag(parser, "distance", default="cosine", choices=DISTANCE_METRICS, help="default cosine")
     _flag(parser, "rerank", action="store_true", help="also report k-reciprocal re-ranking")
     _flag(
@@ -265,7 +280,7 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     _check_embedding_flags(parser, args)
     checkpoint_source(args.model)  # a wrong --model fails before the dataset is read
     progress = not args.no_progress
-    data = _load_dataset(args.dataset, args.data_dir, progress=progress)
+    data = _load_dataset(args, progress=progress)
     result = evaluate_checkpoint(
         args.model,
         data,
@@ -316,6 +331,7 @@ def _configure_extract(parser: argparse.ArgumentParser) -> None:
     )
     _flag(parser, "data-dir", metavar="DIR", help="with --dataset: the dataset root")
     _flag(parser, "split", choices=(*SPLITS, "all"), help="with --dataset: default all")
+    _add_dataset_loading_flags(parser)
     _flag(parser, "output", required=True, metavar="FILE.npz", help="the embeddings file")
     _flag(parser, "overwrite", action="store_true", help="replace an existing --output")
     _add_embedding_flags(parser)
@@ -336,7 +352,7 @@ def _run_extract(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     if args.images is not None:
         splits = {"images": load_gallery(args.images)}
     else:
-        data = _load_dataset(args.dataset, args.data_dir, progress=progress)
+        data = _load_dataset(args, progress=progress)
         names = SPLITS if args.split in (None, "all") else (args.split,)
         splits = {name: data[name] for name in names}
     embeddings = extract_checkpoint_embeddings(

@@ -115,6 +115,27 @@ class ViTReIDConfig(ReIDConfig):
     Defaults are ViT-B/16 as trained in timm (layer-norm eps 1e-6; the Hugging Face
     ``google/vit-base-patch16-224`` config says 1e-12, but this config, not the checkpoint,
     decides). ``patch_stride < patch_size`` gives overlapping patches.
+
+    Args:
+        image_size: input ``(height, width)``, or one int for a square.
+        patch_size: side of the square patches of the patch projection (16).
+        patch_stride: their stride; below ``patch_size`` the patches overlap (16).
+        num_channels: input channels (3).
+        hidden_size: token width ``D`` (768).
+        num_hidden_layers: transformer blocks (12).
+        num_attention_heads: heads per block (12); must divide ``hidden_size``.
+        intermediate_size: feed-forward width (3072).
+        hidden_act: feed-forward activation, a transformers ``ACT2FN`` name (``"gelu"``).
+        layer_norm_eps: of every LayerNorm (1e-6, timm's).
+        qkv_bias: bias of the fused query/key/value projection (True).
+        hidden_dropout_prob: dropout after the embeddings, the attention projection and the
+            feed-forward block (0).
+        attention_probs_dropout_prob: dropout on the attention weights (0).
+        activation_dropout: dropout after the feed-forward activation (0; timm's ViT has none
+            there).
+        drop_path_rate: stochastic depth at the last block, rising linearly from 0 (0).
+        attention_scale: factor of the attention logits, ``"head_dim"`` (``head_dim ** -0.5``,
+            standard) or ``"width"`` (``hidden_size ** -0.5``).
     """
 
     image_size: int | list[int] | tuple[int, int] = (256, 128)
@@ -130,7 +151,9 @@ class ViTReIDConfig(ReIDConfig):
     qkv_bias: bool = True
     hidden_dropout_prob: float | int = 0.0
     attention_probs_dropout_prob: float | int = 0.0
+    activation_dropout: float | int = 0.0
     drop_path_rate: float | int = 0.0
+    attention_scale: str = "head_dim"
 
     def __post_init__(self, **kwargs) -> None:
         self.image_size = as_pair(self.image_size, "image_size")
@@ -138,6 +161,8 @@ class ViTReIDConfig(ReIDConfig):
             self, "patch_size", "patch_stride", "num_channels", "hidden_size",
             "num_hidden_layers", "num_attention_heads", "intermediate_size",
         )
+        # backbones.vit.ATTENTION_SCALES, spelled out: the backbones import this module.
+        check_choice(self, "attention_scale", ("head_dim", "width"))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -151,7 +176,108 @@ class ViTReIDConfig(ReIDConfig):
             raise ValueError(
                 f"image_size {self.image_size} is smaller than one patch ({self.patch_size})"
             )
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
+        for name in (
+            "hidden_dropout_prob", "attention_probs_dropout_prob", "activation_dropout",
+            "drop_path_rate",
+        ):
             check_range(self, name, 0.0, 1.0, high_inclusive=False)
         check_range(self, "layer_norm_eps", 0.0, 1.0)
         super().__post_init__(**kwargs)
+
+
+class ResNetReIDConfig(ReIDConfig):
+    """Fields of the shared ResNet trunk (see ``backbones/resnet.py``).
+
+    The defaults are torchvision's ResNet-50 "v1.5" (the stride of a downsampling block sits
+    on its 3x3 convolution) with the re-ID last stride 1. The architecture fields are spelled
+    as in `transformers.ResNetConfig`, so the values of a ``microsoft/resnet-*`` config carry
+    over unchanged, except its stem width ``embedding_size``, here ``stem_channels`` (in the
+    re-ID models "embedding" is the output feature, and PAN / PRCT already use
+    ``embedding_size`` for it). All four with ``stem_channels=64``:
+
+    - ResNet-18: ``layer_type="basic"``, ``depths=(2, 2, 2, 2)``,
+      ``hidden_sizes=(64, 128, 256, 512)``;
+    - ResNet-34: ``layer_type="basic"``, ``depths=(3, 4, 6, 3)``, the same ``hidden_sizes``;
+    - ResNet-50: ``layer_type="bottleneck"``, ``depths=(3, 4, 6, 3)``,
+      ``hidden_sizes=(256, 512, 1024, 2048)``;
+    - ResNet-101: ``layer_type="bottleneck"``, ``depths=(3, 4, 23, 3)``, the same
+      ``hidden_sizes``.
+
+    Args:
+        image_size: input ``(height, width)``, or one int for a square. The trunk is fully
+            convolutional and runs at any size; this is the size the model is trained and
+            exported at. [our choice: the usual 256x128 person crop; a model config sets its
+            paper's size]
+        num_channels: input channels, 3 for RGB. [released code]
+        last_stride: 1 or 2, the stride of the first block of the last stage. 1 keeps stage 4
+            at H/16 (16x8 for a 256x128 input), the PCB / BoT re-ID trick; 2 is the ImageNet
+            network (H/32). [paper: PCB / BoT]
+        frozen_batch_norm: if true, every batch norm of the trunk always normalises with its
+            running statistics and never learns, even in training mode (for small batches).
+            [our choice]
+        depths: number of residual blocks in each of the four stages. [released code:
+            torchvision]
+        hidden_sizes: output channels of each of the four stages; a bottleneck block's inner
+            width is a quarter of it, so with ``layer_type="bottleneck"`` each must be
+            divisible by 4. [released code: torchvision]
+        layer_type: ``"bottleneck"`` (1x1 -> 3x3 -> 1x1 convolutions, ResNet-50 and deeper)
+            or ``"basic"`` (two 3x3 convolutions, ResNet-18 / 34). [released code:
+            torchvision]
+        stem_channels: output channels of the stem's 7x7 convolution (``embedding_size`` in
+            `transformers.ResNetConfig`). [released code: torchvision]
+        stem_activation: ReLU after the stem's batch norm, as torchvision's ResNet. The HAT
+            released code omits it; ``False`` reproduces that. [released code: torchvision;
+            HAT released code for ``False``]
+    """
+
+    image_size: int | list[int] | tuple[int, int] = (256, 128)
+    num_channels: int = 3
+    last_stride: int = 1
+    frozen_batch_norm: bool = False
+    depths: list[int] | tuple[int, ...] = (3, 4, 6, 3)
+    hidden_sizes: list[int] | tuple[int, ...] = (256, 512, 1024, 2048)
+    layer_type: str = "bottleneck"
+    stem_channels: int = 64
+    stem_activation: bool = True
+
+    def __post_init__(self, **kwargs) -> None:
+        self.image_size = as_pair(self.image_size, "image_size")
+        self.check_trunk_fields(self)
+        self.depths = tuple(self.depths)
+        self.hidden_sizes = tuple(self.hidden_sizes)
+        super().__post_init__(**kwargs)
+
+    @property
+    def stage_channels(self) -> tuple[int, int, int, int]:
+        """Output channels of the four stages (``hidden_sizes`` as a tuple)."""
+        return tuple(self.hidden_sizes)
+
+    @staticmethod
+    def check_trunk_fields(config: PreTrainedConfig) -> None:
+        """Validate the trunk fields of ``config`` (any object with them, e.g. a model config
+        or a `ConfigView`); ``ValueError`` naming the field, the value and what is accepted.
+        ``image_size`` is not read: the trunk runs at any input size."""
+        check_positive(config, "num_channels", "stem_channels")
+        last_stride = config.last_stride
+        if type(last_stride) is not int or last_stride not in (1, 2):  # bool is an int subclass
+            raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+        for name in ("frozen_batch_norm", "stem_activation"):
+            if not isinstance(getattr(config, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(config, name)!r}")
+        check_choice(config, "layer_type", ("bottleneck", "basic"))
+        for name in ("depths", "hidden_sizes"):
+            value = getattr(config, name)
+            if (
+                not isinstance(value, (list, tuple))
+                or len(value) != 4
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
+            ):
+                raise ValueError(
+                    f"{name} must be four positive integers (one per stage), got {value!r}"
+                )
+        if config.layer_type == "bottleneck" and any(size % 4 for size in config.hidden_sizes):
+            raise ValueError(
+                f"hidden_sizes must be divisible by 4 with layer_type 'bottleneck' (a "
+                f"bottleneck's inner width is a quarter of its output), got "
+                f"{config.hidden_sizes!r}"
+            )

@@ -7,8 +7,8 @@ per-channel mean and std. The processor follows the transformers 5.x PIL backend
 ``from_pretrained`` / ``AutoImageProcessor`` work as for any transformers model, and a
 per-architecture default is a subclass that only overrides class attributes::
 
-    class LATransformerImageProcessor(ReIDImageProcessor):
-        size = {"height": 224, "width": 224}
+    class AAformerImageProcessor(ReIDImageProcessor):
+        size = {"height": 256, "width": 128}
         image_mean = image_std = [0.5, 0.5, 0.5]
 
 Two paths compute the same thing:
@@ -18,9 +18,10 @@ Two paths compute the same thing:
 * the tensor fast path: a uint8 ``(B, 3, H, W)`` torch batch is resized with one
   ``F.interpolate(mode="bilinear", antialias=True)`` on the batch's device and normalised
   there. Before normalisation it matches the PIL path within one grey level (1/255 after
-  rescaling). ``__call__`` takes it automatically for uint8 torch batches (see
-  :meth:`ReIDImageProcessor.preprocess`), and the trainer calls
-  :meth:`ReIDImageProcessor.preprocess_tensor_batch` directly on GPU batches.
+  rescaling). ``__call__`` takes it automatically for uint8 torch batches of a bilinear
+  processor (see :meth:`ReIDImageProcessor.preprocess`); call
+  :meth:`ReIDImageProcessor.preprocess_tensor_batch` directly to keep a GPU batch on its
+  device.
 """
 
 from __future__ import annotations

@@ -10,8 +10,14 @@ from transformers import initialization as init
 from .backbones import LoadReport, load_resnet_pretrained
 from .configuration_utils import ReIDConfig
 
-#: Names of bare token / position-table parameters: truncated-normal init, no weight decay.
+#: Names of bare token / position-table parameters: truncated-normal init, no weight decay
+#: under the ``"weights"`` scope.
 TOKEN_PARAMETER_NAMES = ("cls_token", "position_embeddings", "embedding_token", "part_tokens")
+
+#: Which parameters weight decay applies to: ``"weights"``, only matrices and kernels (not
+#: norms, biases, tokens or position tables); ``"all"``, every parameter, as the released
+#: LA-Transformer and HAT code and the TransReID / fast-reid optimizer builders do.
+WEIGHT_DECAY_SCOPES = ("weights", "all")
 
 
 class BNNeck(nn.Module):
@@ -63,6 +69,10 @@ class ReIDPreTrainedModel(PreTrainedModel):
     #: He (fan-out) init of new convolutions, as torchvision's ResNets: ReLU CNN heads need it
     #: to train from scratch. Otherwise convolutions get the truncated normal of linears.
     he_init_convolutions: bool = False
+    #: Whether training needs P x K batches (several images per identity, for losses such as
+    #: the batch-hard triplet); models trained with classification losses only set False and
+    #: may then also train on plain shuffled batches.
+    requires_identity_balanced_batches: bool = True
 
     def _resolve_output_flags(
         self, return_dict: bool | None, hidden_states: bool | None, attentions: bool | None
@@ -110,15 +120,22 @@ class ReIDPreTrainedModel(PreTrainedModel):
         weight_decay: float,
         trunk_lr_factor: float = 1.0,
         transformer_lr_factor: float = 1.0,
+        weight_decay_scope: str = "weights",
     ) -> list[dict]:
         """Parameter groups for ``torch.optim``.
 
         The trunk (``trunk_parameter_prefixes``) trains at ``learning_rate * trunk_lr_factor``,
         added transformer layers (``transformer_parameter_prefixes``) at
         ``learning_rate * transformer_lr_factor``, every other new layer at ``learning_rate``.
-        Weight decay applies only to matrices and kernels, not to norms, biases, tokens or
-        position tables. Group names are ``{trunk,transformer,new}_{decay,no_decay}``.
+        Weight decay applies to the parameters of ``weight_decay_scope`` (see
+        :data:`WEIGHT_DECAY_SCOPES`; default only matrices and kernels, not norms, biases,
+        tokens or position tables). Group names are ``{trunk,transformer,new}_{decay,no_decay}``.
         """
+        if weight_decay_scope not in WEIGHT_DECAY_SCOPES:
+            raise ValueError(
+                f"weight_decay_scope must be one of {WEIGHT_DECAY_SCOPES}, got "
+                f"{weight_decay_scope!r}"
+            )
         factors = {"new": 1.0, "transformer": transformer_lr_factor, "trunk": trunk_lr_factor}
         groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
         for name, param in self.named_parameters():
@@ -128,7 +145,9 @@ class ReIDPreTrainedModel(PreTrainedModel):
                 part = "transformer"
             else:
                 part = "new"
-            decays = param.ndim >= 2 and name.rpartition(".")[2] not in TOKEN_PARAMETER_NAMES
+            decays = weight_decay_scope == "all" or (
+                param.ndim >= 2 and name.rpartition(".")[2] not in TOKEN_PARAMETER_NAMES
+            )
             groups.setdefault((part, decays), []).append(param)
         return [
             {

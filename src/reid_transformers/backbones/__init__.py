@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 from .resnet import (
-    RESNET50_STAGE_CHANNELS,
+    BasicBlock,
     Bottleneck,
     FrozenBatchNorm2d,
     ResNetBackbone,
@@ -30,7 +30,7 @@ from .resnet import (
 )
 
 __all__ += [
-    "RESNET50_STAGE_CHANNELS",
+    "BasicBlock",
     "Bottleneck",
     "FrozenBatchNorm2d",
     "ResNetBackbone",

@@ -1,25 +1,29 @@
-"""torchvision-layout bottleneck ResNet-50 backbone, with loaders for HF and torchvision weights.
+"""torchvision-layout ResNet backbone of any depth, with loaders for HF and torchvision weights.
 
-The trunk is torchvision's ResNet-50 "v1.5" (the stride of a downsampling block sits on its
-3x3 convolution, not on the first 1x1):
+The trunk is torchvision's ResNet "v1.5" (the stride of a downsampling block sits on its 3x3
+convolution, not on a 1x1), with the depth and widths of the config (`ResNetReIDConfig`
+fields; ResNet-50 shown, C_i = ``hidden_sizes[i]``):
 
     stem:   conv1 7x7/2 (no bias) -> bn1 -> ReLU -> max-pool 3x3/2   (B, 64, H/4, W/4)
-    layer1: 3 Bottleneck blocks, stride 1                            (B, 256, H/4, W/4)
+    layer1: depths[0] = 3 blocks, stride 1                           (B, C_1 = 256, H/4, W/4)
     layer2: 4 blocks, first with stride 2                            (B, 512, H/8, W/8)
     layer3: 6 blocks, first with stride 2                            (B, 1024, H/16, W/16)
     layer4: 3 blocks, first with stride ``last_stride`` (1 or 2)     (B, 2048, H/16 or H/32, ...)
 
-A Bottleneck block of width w computes ``relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x))))))))
-+ shortcut(x))`` with conv1 1x1 (-> w), conv2 3x3 (w -> w, carries the stride), conv3 1x1
-(w -> 4w); the shortcut is the identity, or ``downsample`` = 1x1 strided conv + BN when the
-shape changes. ``last_stride = 1`` is the PCB / BoT re-ID trick: stage 4 keeps the 16x8 map of
-a 256x128 input. Spatial sizes above are exact for inputs divisible by 32; otherwise each
-stride-2 layer rounds up ((n + 1) // 2), as the convolutions' padding does.
+The stem width is ``stem_channels`` and its ReLU can be switched off (``stem_activation``).
+A `Bottleneck` block of output width C computes ``relu(bn3(conv3(relu(bn2(conv2(relu(bn1(
+conv1(x)))))))) + shortcut(x))`` with conv1 1x1 (-> C/4), conv2 3x3 (carries the stride),
+conv3 1x1 (-> C); a `BasicBlock` (ResNet-18/34) computes ``relu(bn2(conv2(relu(bn1(conv1(x)))))
++ shortcut(x))`` with two 3x3 convolutions (conv1 carries the stride). The shortcut is the
+identity, or ``downsample`` = 1x1 strided conv + BN when the shape changes. ``last_stride = 1``
+is the PCB / BoT re-ID trick: stage 4 keeps the 16x8 map of a 256x128 input. Spatial sizes
+above are exact for inputs divisible by 32; otherwise each stride-2 layer rounds up
+((n + 1) // 2), as the convolutions' padding does.
 
-The parameter names are torchvision's (``conv1``, ``bn1``, ``layer{1..4}.{b}.conv{1,2,3}`` /
-``bn{1,2,3}`` / ``downsample.{0,1}``), so torchvision state dicts load unchanged.
-`load_resnet_pretrained` also reads Hugging Face `transformers.ResNetModel` checkpoints such as
-``microsoft/resnet-50``.
+The parameter names are torchvision's (``conv1``, ``bn1``, ``layer{1..4}.{b}.conv{1,2[,3]}`` /
+``bn{1,2[,3]}`` / ``downsample.{0,1}``), so torchvision ``resnet18/34/50/101`` state dicts load
+unchanged. `load_resnet_pretrained` also reads Hugging Face `transformers.ResNetModel`
+checkpoints such as ``microsoft/resnet-18`` ... ``microsoft/resnet-101``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Literal, NamedTuple, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +42,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedConfig, ResNetConfig
 
+from ..configuration_utils import ResNetReIDConfig
 from .vit import (
     LoadReport,
     _detect_format,
@@ -49,7 +54,7 @@ from .vit import (
 )
 
 __all__ = [
-    "RESNET50_STAGE_CHANNELS",
+    "BasicBlock",
     "Bottleneck",
     "feature_grid",
     "FrozenBatchNorm2d",
@@ -61,15 +66,30 @@ __all__ = [
 ResNetSourceFormat: TypeAlias = Literal["huggingface", "torchvision"]
 StateDict: TypeAlias = Mapping[str, torch.Tensor]
 
-#: Blocks per stage and bottleneck widths of ResNet-50.
-_DEPTHS = (3, 4, 6, 3)
-_WIDTHS = (64, 128, 256, 512)
-_STEM_CHANNELS = 64
+
+class _Architecture(NamedTuple):
+    """What decides a trunk's parameter shapes (strides and the stem ReLU hold no weights)."""
+
+    layer_type: str
+    depths: tuple[int, ...]
+    hidden_sizes: tuple[int, ...]
+    stem_channels: int
+
+    def describe(self) -> str:
+        """``layer_type='basic', depths=(2, 2, 2, 2), ... (ResNet-18)`` for messages."""
+        text = ", ".join(f"{name}={value!r}" for name, value in self._asdict().items())
+        name = _NAMED_ARCHITECTURES.get(self)
+        return text if name is None else f"{text} ({name})"
 
 
-#: Output channels of layer1..layer4: 256, 512, 1024, 2048.
-RESNET50_STAGE_CHANNELS = tuple(4 * width for width in _WIDTHS)
-
+#: The torchvision / ``microsoft/resnet-*`` trunks, named in error messages.
+_NAMED_ARCHITECTURES = {
+    _Architecture("basic", (2, 2, 2, 2), (64, 128, 256, 512), 64): "ResNet-18",
+    _Architecture("basic", (3, 4, 6, 3), (64, 128, 256, 512), 64): "ResNet-34",
+    _Architecture("bottleneck", (3, 4, 6, 3), (256, 512, 1024, 2048), 64): "ResNet-50",
+    _Architecture("bottleneck", (3, 4, 23, 3), (256, 512, 1024, 2048), 64): "ResNet-101",
+    _Architecture("bottleneck", (3, 8, 36, 3), (256, 512, 1024, 2048), 64): "ResNet-152",
+}
 
 def feature_grid(height: int, width: int, stride: int) -> tuple[int, int]:
     """``(ceil(height / stride), ceil(width / stride))``: the size of the trunk's feature map
@@ -114,6 +134,56 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
         )
 
 
+def _shortcut(
+    in_channels: int, out_channels: int, stride: int, norm_layer: type[nn.BatchNorm2d]
+) -> nn.Sequential | None:
+    """torchvision's ``downsample`` (1x1 strided conv + BN) where the block changes the
+    shape, else None (identity shortcut)."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+        norm_layer(out_channels),
+    )
+
+
+class BasicBlock(nn.Module):
+    """torchvision basic block (ResNet-18 / 34): 3x3 (strided) -> 3x3 + shortcut.
+
+    Args:
+        in_channels: channels of the input.
+        width: channels of both 3x3 convolutions and of the output (expansion 1).
+        stride: stride of the first 3x3 convolution (and of the shortcut projection).
+        norm_layer: ``nn.BatchNorm2d`` or `FrozenBatchNorm2d`.
+    """
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int,
+        norm_layer: type[nn.BatchNorm2d],
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(
+            in_channels, width, kernel_size=3, stride=stride, padding=1, bias=False
+        )
+        self.bn1 = norm_layer(width)
+        self.conv2 = nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False)
+        self.bn2 = norm_layer(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(in_channels, width, stride, norm_layer)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, H, W)`` -> ``(B, width, ceil(H / stride), ceil(W / stride))``."""
+        shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
+        out = self.relu(self.bn1(self.conv1(hidden_states)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + shortcut)
+
+
 class Bottleneck(nn.Module):
     """torchvision v1.5 bottleneck block: 1x1 -> 3x3 (strided) -> 1x1 (x4 channels) + shortcut.
 
@@ -142,12 +212,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, out_channels, kernel_size=1, bias=False)
         self.bn3 = norm_layer(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Sequential | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
-                norm_layer(out_channels),
-            )
+        self.downsample = _shortcut(in_channels, out_channels, stride, norm_layer)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, H, W)`` -> ``(B, 4 * width, ceil(H / stride), ceil(W / stride))``."""
@@ -156,6 +221,12 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + shortcut)
+
+
+_BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {
+    "basic": BasicBlock,
+    "bottleneck": Bottleneck,
+}
 
 
 @contextlib.contextmanager
@@ -188,18 +259,11 @@ def _running_stats_untouched(module: nn.Module) -> Iterator[None]:
                 norm.num_batches_tracked.copy_(count)
 
 
-def _positive_int(config: PreTrainedConfig, name: str) -> int:
-    value = getattr(config, name, None)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"config.{name} must be a positive int, got {value!r}")
-    return value
-
-
 class ResNetBackbone(nn.Module):
-    """ResNet-50 trunk (torchvision layout) returning the four stage outputs.
+    """ResNet trunk of any depth (torchvision layout) returning the four stage outputs.
 
     A plain ``nn.Module`` meant to live inside a model's ``PreTrainedModel``. Config fields
-    read:
+    read (see `ResNetReIDConfig`, whose validation runs again here):
 
     - ``num_channels``: input channels (3 for RGB).
     - ``last_stride``: 1 or 2, the stride of layer4's first block. 1 keeps stage 4 at H/16
@@ -207,44 +271,56 @@ class ResNetBackbone(nn.Module):
     - ``frozen_batch_norm``: bool. If true every batch norm of the trunk (stem, blocks and
       shortcuts) is a `FrozenBatchNorm2d`: always in eval mode, even after ``model.train()``,
       running statistics never updated, affine parameters never trained.
+    - ``depths``, ``hidden_sizes``, ``layer_type``, ``stem_channels``, ``stem_activation``:
+      the architecture.
 
     Attributes:
+        stage_channels: output channels of layer1..layer4 (``hidden_sizes``).
         gradient_checkpointing: when true and in training mode (with autograd on), every
-            Bottleneck block runs under non-reentrant ``torch.utils.checkpoint``: its
-            activations are recomputed in the backward pass instead of stored. Gradients and
-            batch-norm running statistics equal those of the plain forward.
+            block runs under non-reentrant ``torch.utils.checkpoint``: its activations are
+            recomputed in the backward pass instead of stored. Gradients and batch-norm
+            running statistics equal those of the plain forward.
     """
 
     def __init__(self, config: PreTrainedConfig) -> None:
         super().__init__()
         self.config = config
-        self.num_channels = _positive_int(config, "num_channels")
-        last_stride = getattr(config, "last_stride", None)
-        if last_stride not in (1, 2) or isinstance(last_stride, bool):
-            raise ValueError(f"config.last_stride must be 1 or 2, got {last_stride!r}")
-        frozen = getattr(config, "frozen_batch_norm", None)
-        if not isinstance(frozen, bool):
-            raise ValueError(f"config.frozen_batch_norm must be a bool, got {frozen!r}")
-        norm_layer: type[nn.BatchNorm2d] = FrozenBatchNorm2d if frozen else nn.BatchNorm2d
+        # The model configs validate these fields; checked again here because the backbone
+        # also takes any config-like object and fields may change after construction.
+        ResNetReIDConfig.check_trunk_fields(config)
+        self.num_channels: int = config.num_channels
+        self._architecture = _Architecture(
+            config.layer_type,
+            tuple(config.depths),
+            tuple(config.hidden_sizes),
+            config.stem_channels,
+        )
+        self.stage_channels: tuple[int, ...] = self._architecture.hidden_sizes
+        norm_layer: type[nn.BatchNorm2d] = (
+            FrozenBatchNorm2d if config.frozen_batch_norm else nn.BatchNorm2d
+        )
+        block_class = _BLOCKS[config.layer_type]
         self.gradient_checkpointing = False
 
+        stem_channels = config.stem_channels
         self.conv1 = nn.Conv2d(
-            self.num_channels, _STEM_CHANNELS, kernel_size=7, stride=2, padding=3, bias=False
+            self.num_channels, stem_channels, kernel_size=7, stride=2, padding=3, bias=False
         )
-        self.bn1 = norm_layer(_STEM_CHANNELS)
-        self.relu = nn.ReLU(inplace=True)
+        self.bn1 = norm_layer(stem_channels)
+        self.stem_activation = nn.ReLU(inplace=True) if config.stem_activation else nn.Identity()
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        in_channels = _STEM_CHANNELS
-        strides = (1, 2, 2, last_stride)
-        for index, (depth, width, stride) in enumerate(
-            zip(_DEPTHS, _WIDTHS, strides, strict=True), start=1
+        in_channels = stem_channels
+        strides = (1, 2, 2, config.last_stride)
+        for index, (depth, out_channels, stride) in enumerate(
+            zip(config.depths, config.hidden_sizes, strides, strict=True), start=1
         ):
+            width = out_channels // block_class.expansion
             blocks = []
             for block_index in range(depth):
                 blocks.append(
-                    Bottleneck(in_channels, width, stride if block_index == 0 else 1, norm_layer)
+                    block_class(in_channels, width, stride if block_index == 0 else 1, norm_layer)
                 )
-                in_channels = width * Bottleneck.expansion
+                in_channels = out_channels
             self.add_module(f"layer{index}", nn.Sequential(*blocks))
         self._init_weights()
 
@@ -272,10 +348,11 @@ class ResNetBackbone(nn.Module):
                 ImageNet weights); cast to the weights' dtype. Contiguous or channels-last.
 
         Returns:
-            The outputs of layer1..layer4: ``(B, 256, H/4, W/4)``, ``(B, 512, H/8, W/8)``,
-            ``(B, 1024, H/16, W/16)`` and ``(B, 2048, H/16, W/16)`` with ``last_stride = 1``
-            or ``(B, 2048, H/32, W/32)`` with 2 (sizes rounded up for H, W not divisible by
-            32). Each keeps the memory format the convolutions produce (channels-last in,
+            The outputs of layer1..layer4 with ``stage_channels`` (C1..C4) channels:
+            ``(B, C1, H/4, W/4)``, ``(B, C2, H/8, W/8)``, ``(B, C3, H/16, W/16)`` and
+            ``(B, C4, H/16, W/16)`` with ``last_stride = 1`` or ``(B, C4, H/32, W/32)`` with 2
+            (sizes rounded up for H, W not divisible by 32; ResNet-50: C = 256, 512, 1024,
+            2048). Each keeps the memory format the convolutions produce (channels-last in,
             channels-last out).
         """
         if pixel_values.ndim != 4:
@@ -289,7 +366,7 @@ class ResNetBackbone(nn.Module):
                 f"config.num_channels = {self.num_channels}"
             )
         hidden_states = pixel_values.to(self.conv1.weight.dtype)
-        hidden_states = self.maxpool(self.relu(self.bn1(self.conv1(hidden_states))))
+        hidden_states = self.maxpool(self.stem_activation(self.bn1(self.conv1(hidden_states))))
         use_checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         outputs = []
         for stage in self.stages:
@@ -323,7 +400,8 @@ _HF_BLOCK = r"encoder\.stages\.(?P<s>\d+)\.layers\.(?P<b>\d+)\."
 
 #: Hugging Face ResNetModel key (after the prefix) -> our key. Templates are filled with the
 #: named groups; HF stages ``s`` and inner layers ``c`` count from 0, torchvision's
-#: ``layer{1..4}`` and ``conv{1..3}`` / ``bn{1..3}`` from 1.
+#: ``layer{1..4}`` and ``conv{1..3}`` / ``bn{1..3}`` from 1. A bottleneck layer holds
+#: ``layer.{0,1,2}``, a basic one (``ResNetBasicLayer``) ``layer.{0,1}``.
 _HF_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"embedder\.embedder\.convolution\.weight"), "conv1.weight"),
     (re.compile(r"embedder\.embedder\.normalization\." + _NORM), "bn1.{p}"),
@@ -351,16 +429,19 @@ _IGNORED_HEADS: dict[ResNetSourceFormat, re.Pattern[str]] = {
     "torchvision": re.compile(r"fc\..+"),
 }
 
-#: (ResNetConfig field, value a torchvision ResNet-50 has).
-_HF_ARCHITECTURE = (
-    ("layer_type", "bottleneck"),
-    ("depths", list(_DEPTHS)),
-    ("hidden_sizes", [w * Bottleneck.expansion for w in _WIDTHS]),
-    ("embedding_size", _STEM_CHANNELS),
+#: (ResNetConfig field, value): the choices of transformers' ResNet that torchvision's
+#: layout fixes; the architecture fields are compared with the backbone's own.
+_HF_FIXED_FIELDS = (
     ("hidden_act", "relu"),
     ("downsample_in_first_stage", False),
-    ("downsample_in_bottleneck", False),
 )
+
+#: Our architecture field -> `transformers.ResNetConfig`'s name for it, where they differ.
+_HF_FIELD_NAMES = {"stem_channels": "embedding_size"}
+
+#: Our block keys, for reading a checkpoint's architecture off its (renamed) keys.
+_BLOCK_KEY = re.compile(r"layer(?P<s>[1-4])\.(?P<b>\d+)\.(?P<name>.+)")
+
 
 def load_resnet_pretrained(
     backbone: ResNetBackbone,
@@ -368,10 +449,16 @@ def load_resnet_pretrained(
     *,
     strict: bool = True,
 ) -> LoadReport:
-    """Load pretrained ResNet-50 weights into ``backbone`` in place.
+    """Load pretrained ResNet weights into ``backbone`` in place.
+
+    The checkpoint must have the backbone's architecture (``layer_type``, ``depths``,
+    ``hidden_sizes``, ``stem_channels``): ``microsoft/resnet-18`` / ``-34`` / ``-50`` /
+    ``-101`` and torchvision's ``resnet18`` / ``34`` / ``50`` / ``101`` files load into a
+    backbone configured as that network.
 
     Args:
-        backbone: the `ResNetBackbone` to fill (any ``last_stride``: strides hold no weights).
+        backbone: the `ResNetBackbone` to fill (any ``last_stride`` and ``stem_activation``:
+            neither holds weights).
         source: one of
             - a local Hugging Face `transformers.ResNetModel` / ``ResNetForImageClassification``
               checkpoint folder (``config.json`` plus ``model.safetensors``, a sharded
@@ -389,6 +476,9 @@ def load_resnet_pretrained(
             unused. Classifier keys (torchvision ``fc.*``, HF ``classifier.*``) never count:
             they are listed in `LoadReport.ignored`. ``num_batches_tracked`` counters are
             loaded when present but never required (older torchvision files lack them).
+            ``strict=False`` also tolerates a checkpoint with more or fewer blocks per stage
+            (the blocks both have load, the rest is reported), never other widths or block
+            types.
 
     Returns:
         A `LoadReport` with ``source_format`` ``"huggingface"`` or ``"torchvision"`` (this
@@ -399,15 +489,20 @@ def load_resnet_pretrained(
             lacks the expected files.
         OSError: the Hub download failed (no network, unknown repository, offline mode
             without a cached copy).
-        ValueError: unrecognised or ambiguous key layout, an HF config that is not a
-            torchvision-style ResNet-50, shape mismatches, an unreadable file, or (with
-            ``strict``) missing/unexpected keys. Nothing is loaded when it raises.
+        ValueError: unrecognised or ambiguous key layout; a checkpoint of another
+            architecture (an HF config, or the keys and shapes of a state dict, whose block
+            type, depths, widths or stem width differ from the backbone's; the message gives
+            both); an HF config that is not torchvision-style (``hidden_act``,
+            ``downsample_in_first_stage``, ``downsample_in_bottleneck``); shape mismatches;
+            an unreadable file; or (with ``strict``) missing/unexpected keys. Nothing is
+            loaded when it raises.
     """
     if not isinstance(backbone, ResNetBackbone):
         raise ValueError(f"backbone must be a ResNetBackbone, got {type(backbone).__name__}")
-    state_dict, description = _read_source(source, backbone.num_channels)
+    state_dict, description = _read_source(source, backbone, strict)
     source_format, prefix = _detect_format(state_dict, description, _FORMAT_MARKERS, "ResNet")
     converted, unexpected, ignored = _convert(state_dict, source_format, prefix)
+    _check_architecture(converted, backbone._architecture, description, strict)
 
     own = backbone.state_dict()
     for target in [key for key in converted if key not in own]:
@@ -416,7 +511,15 @@ def load_resnet_pretrained(
         key for key in own if key not in converted and not key.endswith("num_batches_tracked")
     ]
     tensors = {key: tensor for key, (_, tensor) in converted.items()}
-    _load_checked(backbone, tensors, missing, unexpected, strict, description, "ResNet-50 backbone")
+    _load_checked(
+        backbone,
+        tensors,
+        missing,
+        unexpected,
+        strict,
+        description,
+        f"ResNet backbone ({backbone._architecture.describe()})",
+    )
     return LoadReport(
         source_format=source_format,
         loaded=tuple(sorted(converted)),
@@ -427,8 +530,63 @@ def load_resnet_pretrained(
     )
 
 
+def _check_architecture(
+    converted: Mapping[str, tuple[str, torch.Tensor]],
+    expected: _Architecture,
+    description: str,
+    strict: bool,
+) -> None:
+    """Raise if the checkpoint's keys and shapes show another architecture than
+    ``expected``: another block type, stage width or stem width always, other depths only
+    with ``strict``. What the keys do not show (a stage with no keys) is not compared."""
+    blocks: dict[int, set[int]] = {stage: set() for stage in range(1, 5)}
+    names: set[str] = set()
+    for key in converted:
+        match = _BLOCK_KEY.fullmatch(key)
+        if match is not None:
+            blocks[int(match["s"])].add(int(match["b"]))
+            names.add(match["name"].split(".")[0])
+    if not names:
+        return  # no block keys: strict loading reports them missing
+    layer_type = "bottleneck" if names & {"conv3", "bn3"} else "basic"
+    # A stage's output channels: those of its first block's last convolution.
+    last_conv = "conv3" if layer_type == "bottleneck" else "conv2"
+    hidden_sizes = tuple(
+        _out_channels(converted.get(f"layer{stage}.0.{last_conv}.weight"))
+        for stage in range(1, 5)
+    )
+    stem = _out_channels(converted.get("conv1.weight"))
+    found = _Architecture(
+        layer_type,
+        tuple(max(indices) + 1 if indices else 0 for indices in blocks.values()),
+        hidden_sizes,
+        expected.stem_channels if stem is None else stem,
+    )
+    widths = zip(found.hidden_sizes, expected.hidden_sizes, strict=True)
+    shapes_differ = (
+        found.layer_type != expected.layer_type
+        or found.stem_channels != expected.stem_channels
+        or any(size not in (None, wanted) for size, wanted in widths)
+    )
+    depths = zip(found.depths, expected.depths, strict=True)
+    depths_differ = any(depth not in (0, wanted) for depth, wanted in depths)
+    if shapes_differ or (strict and depths_differ):
+        raise ValueError(
+            f"{description} holds a ResNet with {found.describe()}, but the backbone is "
+            f"configured with {expected.describe()}; set the config's layer_type, depths, "
+            "hidden_sizes and stem_channels to the checkpoint's, or load a checkpoint of the "
+            "configured architecture"
+        )
+
+
+def _out_channels(entry: tuple[str, torch.Tensor] | None) -> int | None:
+    """Output channels of a (checkpoint key, convolution weight) entry, None if unknown (the
+    shape check reports a malformed tensor)."""
+    return None if entry is None or entry[1].ndim == 0 else entry[1].shape[0]
+
+
 def _read_source(
-    source: str | os.PathLike[str] | StateDict, num_channels: int
+    source: str | os.PathLike[str] | StateDict, backbone: ResNetBackbone, strict: bool
 ) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict, description of the source for messages)."""
     if isinstance(source, Mapping):
@@ -440,21 +598,36 @@ def _read_source(
         )
     path = _resolve_checkpoint(source, example_repo="microsoft/resnet-50")
     if path.is_dir():
-        return _read_hf_folder(path, num_channels)
+        return _read_hf_folder(path, backbone, strict)
     return _read_state_dict_file(path), str(path)
 
 
-def _read_hf_folder(folder: Path, num_channels: int) -> tuple[dict[str, torch.Tensor], str]:
+def _read_hf_folder(
+    folder: Path, backbone: ResNetBackbone, strict: bool
+) -> tuple[dict[str, torch.Tensor], str]:
     config = _read_hf_config(folder, ResNetConfig, "ResNet")
-    expected = (*_HF_ARCHITECTURE, ("num_channels", num_channels))
-    differences = [
-        f"{name}: checkpoint {getattr(config, name, None)!r}, expected {value!r}"
-        for name, value in expected
-        if getattr(config, name, None) != value
+    architecture = backbone._architecture
+    # (ResNetConfig field, how messages name it, the backbone's value)
+    expected: list[tuple[str, str, object]] = [
+        (_HF_FIELD_NAMES.get(name, name), name, value)
+        for name, value in architecture._asdict().items()
+        if strict or name != "depths"  # as for state dicts: other depths load partially
     ]
+    fixed = [*_HF_FIXED_FIELDS, ("num_channels", backbone.num_channels)]
+    if architecture.layer_type == "bottleneck":  # transformers' basic layer ignores it
+        fixed.append(("downsample_in_bottleneck", False))
+    expected += [(name, name, value) for name, value in fixed]
+    differences = []
+    for hf_name, name, value in expected:
+        found = getattr(config, hf_name, None)
+        if isinstance(found, list):  # JSON arrays; the backbone's are tuples
+            found = tuple(found)
+        if found != value:
+            label = hf_name if hf_name == name else f"{hf_name} (our {name})"
+            differences.append(f"{label}: checkpoint {found!r}, expected {value!r}")
     if differences:
         raise ValueError(
-            f"{folder} is not a torchvision-style ResNet-50 matching the backbone: "
+            f"{folder} does not match the backbone, configured with {architecture.describe()}: "
             + "; ".join(differences)
         )
 

@@ -17,6 +17,8 @@ trained at other sizes.
 Attention goes through transformers' attention interface: ``config._attn_implementation``
 selects ``"eager"`` (this module's `eager_attention_forward`, the only path that returns
 attention weights) or ``"sdpa"`` (`torch.nn.functional.scaled_dot_product_attention`).
+The logits are scaled by ``head_dim ** -0.5``, or by ``hidden_size ** -0.5`` with
+``config.attention_scale = "width"`` (see `ATTENTION_SCALES`).
 
 Weights: `load_vit_pretrained` reads a Hugging Face ViT checkpoint (a local folder or a Hub
 repository id), a timm-format state dict file (``.safetensors``, or ``.pth``/``.pt``/``.bin``
@@ -54,6 +56,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = [
+    "ATTENTION_SCALES",
     "DropPath",
     "LoadReport",
     "SourceFormat",
@@ -78,6 +81,11 @@ StateDict: TypeAlias = Mapping[str, torch.Tensor]
 #: embeddings when the config has no ``initializer_range`` (the ViT / timm value).
 _DEFAULT_INIT_STD = 0.02
 
+#: Values of ``config.attention_scale``, the factor of the attention logits: ``"head_dim"``,
+#: ``head_dim ** -0.5`` (Vaswani et al.; every ViT); ``"width"``, ``hidden_size ** -0.5``, the
+#: token width (HAT's released code, whose attention is scaled by its width, not its heads).
+ATTENTION_SCALES = ("head_dim", "width")
+
 
 def _image_pair(value: object, name: str) -> tuple[int, int]:
     """``value`` as (height, width); ``name`` is the config field, for the error message."""
@@ -101,8 +109,9 @@ def _positive_int(config: PreTrainedConfig, name: str) -> int:
     return value
 
 
-def _probability(config: PreTrainedConfig, name: str) -> float:
-    value = getattr(config, name)
+def _probability(config: PreTrainedConfig, name: str, default: float | None = None) -> float:
+    """The field ``name`` checked to lie in [0, 1); ``default`` where the config lacks it."""
+    value = getattr(config, name) if default is None else getattr(config, name, default)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
         raise ValueError(f"config.{name} must be a number in [0, 1), got {value!r}")
     return float(value)
@@ -278,7 +287,8 @@ def eager_attention_forward(
         module: the calling attention module (its ``training`` flag gates dropout).
         query, key, value: ``(B, heads, T, head_dim)``.
         attention_mask: additive float mask broadcastable to ``(B, heads, T, T)`` or None.
-        scaling: multiplier of the scores, ``head_dim ** -0.5``.
+        scaling: multiplier of the scores (``head_dim ** -0.5`` or ``hidden_size ** -0.5``,
+            see `ATTENTION_SCALES`).
         dropout: dropout probability on the attention weights.
         **kwargs: further interface arguments, unused here.
 
@@ -299,7 +309,8 @@ class ViTSelfAttention(nn.Module):
     """Multi-head scaled dot-product attention core with a fused query/key/value projection.
 
     Config fields read: ``hidden_size``, ``num_attention_heads``, ``head_dim`` (optional;
-    default ``hidden_size // num_attention_heads``), ``qkv_bias``,
+    default ``hidden_size // num_attention_heads``), ``attention_scale`` (optional, one of
+    `ATTENTION_SCALES`; default ``"head_dim"``), ``qkv_bias``,
     ``attention_probs_dropout_prob``, ``_attn_implementation`` (read at every call, so
     ``model.set_attn_implementation(...)`` takes effect at once).
 
@@ -324,7 +335,15 @@ class ViTSelfAttention(nn.Module):
             self.head_dim = hidden_size // self.num_attention_heads
         self.config = config
         self.inner_size = self.num_attention_heads * self.head_dim
-        self.scaling = self.head_dim**-0.5
+        # Configs without the field (PRCT's, bare backbone configs) keep the standard scale.
+        attention_scale = getattr(config, "attention_scale", "head_dim")
+        if attention_scale not in ATTENTION_SCALES:
+            raise ValueError(
+                f"config.attention_scale must be one of {ATTENTION_SCALES}, got "
+                f"{attention_scale!r}"
+            )
+        # Both implementations receive it (SDPA as its `scale`).
+        self.scaling = (self.head_dim if attention_scale == "head_dim" else hidden_size) ** -0.5
         self.attention_dropout = _probability(config, "attention_probs_dropout_prob")
         # transformers' SDPA wrapper treats a module without this flag as causal.
         self.is_causal = False
@@ -460,11 +479,12 @@ class ViTAttention(nn.Module):
 
 
 class ViTMLP(nn.Module):
-    """Position-wise feed-forward block: fc1 -> activation -> fc2 -> dropout.
+    """Position-wise feed-forward block: fc1 -> activation -> [dropout] -> fc2 -> dropout.
 
     Config fields read: ``hidden_size``, ``intermediate_size``, ``hidden_act`` (a name in
     transformers' ``ACT2FN``, e.g. ``"gelu"``: exact erf GELU, as timm's ``nn.GELU``),
-    ``hidden_dropout_prob``.
+    ``hidden_dropout_prob`` (after fc2) and ``activation_dropout`` (optional, default 0:
+    after the activation, as HAT's released code; timm's ViT has none there).
     """
 
     def __init__(self, config: PreTrainedConfig) -> None:
@@ -476,12 +496,18 @@ class ViTMLP(nn.Module):
             )
         self.fc1 = nn.Linear(config.hidden_size, _positive_int(config, "intermediate_size"))
         self.activation = ACT2FN[config.hidden_act]
+        activation_dropout = _probability(config, "activation_dropout", default=0.0)
+        # An identity at rate 0, so models without it draw no extra random numbers in training.
+        self.activation_dropout = (
+            nn.Dropout(activation_dropout) if activation_dropout else nn.Identity()
+        )
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = nn.Dropout(_probability(config, "hidden_dropout_prob"))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """``(..., D)`` -> ``(..., D)``."""
-        return self.dropout(self.fc2(self.activation(self.fc1(hidden_states))))
+        hidden_states = self.activation_dropout(self.activation(self.fc1(hidden_states)))
+        return self.dropout(self.fc2(hidden_states))
 
 
 class DropPath(nn.Module):
@@ -658,7 +684,8 @@ class ViTBackbone(nn.Module):
     ``patch_stride``, ``num_channels``, ``hidden_size``, ``num_hidden_layers``,
     ``num_attention_heads``, ``intermediate_size``, ``hidden_act``, ``layer_norm_eps``,
     ``qkv_bias``, ``hidden_dropout_prob``, ``attention_probs_dropout_prob``,
-    ``drop_path_rate``, ``_attn_implementation``).
+    ``drop_path_rate``, ``_attn_implementation``; optionally ``attention_scale`` and
+    ``activation_dropout``).
     """
 
     def __init__(self, config: PreTrainedConfig) -> None:

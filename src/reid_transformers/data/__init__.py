@@ -3,12 +3,13 @@
 from .augmentation import (
     BatchAugmentation,
     pad_random_crop,
+    random_cutout,
     random_erasing,
     random_horizontal_flip,
     random_patch,
 )
 from .datasets import SPLITS, available_datasets, describe_dataset, load_reid_dataset
-from .sampler import PKSampler
+from .sampler import PKSampler, RandomBatchSampler
 from .synthetic import (
     SYNTHETIC_FORMAT_VERSION,
     SYNTHETIC_MANIFEST_NAME,
@@ -22,11 +23,13 @@ __all__ = [
     "SYNTHETIC_MANIFEST_NAME",
     "BatchAugmentation",
     "PKSampler",
+    "RandomBatchSampler",
     "available_datasets",
     "describe_dataset",
     "load_reid_dataset",
     "make_synthetic_reid",
     "pad_random_crop",
+    "random_cutout",
     "random_erasing",
     "random_patch",
     "random_horizontal_flip",

@@ -216,12 +216,42 @@ def random_erasing(
     return torch.where(mask, fill, images)
 
 
+def random_cutout(
+    images: torch.Tensor,
+    p: float = 0.5,
+    size: int = 16,
+    fill: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Cutout (DeVries and Taylor, 2017): with probability ``p`` set a ``size x size`` square
+    of each image to ``fill``.
+
+    The square is centred on a uniformly drawn pixel and clipped at the image border, so
+    squares near an edge are partly outside and cover less. ``fill = 0`` on normalised pixels
+    is the dataset mean.
+    """
+    _check_batch(images)
+    _check_probability(p, "p")
+    if size < 1:
+        raise ValueError(f"size must be >= 1 pixel, got {size}")
+    b, _, h, w = images.shape
+    dev = images.device
+    centre_y = torch.randint(0, h, (b,), generator=generator, device=dev)
+    centre_x = torch.randint(0, w, (b,), generator=generator, device=dev)
+    cut = torch.rand(b, generator=generator, device=dev) < p
+    sides = torch.full((b,), size, device=dev)
+    mask = _box_mask(centre_y - size // 2, centre_x - size // 2, sides, sides, h, w)
+    mask = (mask & cut[:, None, None]).unsqueeze(1)  # (B, 1, H, W)
+    return images.masked_fill(mask, fill)
+
+
 @dataclass
 class BatchAugmentation:
     """The standard re-ID training augmentation, applied to a whole batch at once.
 
-    Flip, then pad + random crop, then random patch, then random erasing (each skipped when
-    its probability or padding is 0; random patch is off by default). Holds its own
+    Flip, then pad + random crop, then random patch, then random erasing, then cutout (each
+    skipped when its probability or padding is 0; random patch and cutout are off by
+    default). Holds its own
     generator, so two instances with the same ``seed`` produce the same sequence of
     augmentations.
     """
@@ -233,12 +263,17 @@ class BatchAugmentation:
     erasing_aspect_ratio: tuple[float, float] = (0.3, 3.33)
     erasing_value: str | float | tuple[float, ...] = "random"
     patch_p: float = 0.0
+    cutout_p: float = 0.0
+    cutout_size: int = 16
     seed: int | None = None
 
     def __post_init__(self) -> None:
         _check_probability(self.flip_p, "flip_p")
         _check_probability(self.erasing_p, "erasing_p")
         _check_probability(self.patch_p, "patch_p")
+        _check_probability(self.cutout_p, "cutout_p")
+        if self.cutout_size < 1:
+            raise ValueError(f"cutout_size must be >= 1 pixel, got {self.cutout_size}")
         if self.padding < 0:
             raise ValueError(f"padding must be >= 0, got {self.padding}")
         self._generators: dict[torch.device, torch.Generator] = {}
@@ -275,4 +310,6 @@ class BatchAugmentation:
                 images, self.erasing_p, self.erasing_area, self.erasing_aspect_ratio,
                 self.erasing_value, generator=gen,
             )
+        if self.cutout_p > 0:
+            images = random_cutout(images, self.cutout_p, self.cutout_size, generator=gen)
         return images

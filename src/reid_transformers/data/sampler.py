@@ -1,4 +1,5 @@
-"""Identity-balanced batch sampling for metric learning (P identities x K images)."""
+"""Batch samplers for training: identity-balanced (P identities x K images) for metric
+learning, and plain shuffled batches for classification-only recipes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+
+def _distributed_defaults(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """World size and rank: the given values, else ``torch.distributed``'s, else (1, 0)."""
+    distributed = dist.is_available() and dist.is_initialized()
+    if num_replicas is None:
+        num_replicas = dist.get_world_size() if distributed else 1
+    if rank is None:
+        rank = dist.get_rank() if distributed else 0
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+    return num_replicas, rank
 
 
 class PKSampler(Sampler[list[int]]):
@@ -48,13 +61,7 @@ class PKSampler(Sampler[list[int]]):
                 f"num_identities (P) and num_instances (K) must be >= 1, got P={num_identities},"
                 f" K={num_instances}"
             )
-        distributed = dist.is_available() and dist.is_initialized()
-        if num_replicas is None:
-            num_replicas = dist.get_world_size() if distributed else 1
-        if rank is None:
-            rank = dist.get_rank() if distributed else 0
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        num_replicas, rank = _distributed_defaults(num_replicas, rank)
         labels = np.asarray(pids.cpu() if isinstance(pids, torch.Tensor) else pids)
         if labels.ndim != 1 or len(labels) == 0:
             raise ValueError(f"pids must be a non-empty 1-D sequence, got shape {labels.shape}")
@@ -118,3 +125,59 @@ class PKSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         """Batches this rank yields in the current epoch."""
         return len(self._epoch_batches()) // self.num_replicas
+
+
+class RandomBatchSampler(Sampler[list[int]]):
+    """Batch sampler: the dataset shuffled anew every epoch and cut into batches of
+    ``batch_size`` (``DataLoader(shuffle=True)``), with no regard to identities.
+
+    This is how classification-only recipes such as LA-Transformer's released code train;
+    losses that mine positives inside a batch (triplet) need :class:`PKSampler` instead. The
+    last, smaller batch is kept, except a batch of a single image (BatchNorm cannot train on
+    it). Distributed: every rank builds the same epoch from ``seed + epoch`` and takes every
+    ``num_replicas``-th batch starting at ``rank`` (the batch count is cut to a multiple of
+    ``num_replicas`` so every rank runs the same number of steps).
+
+    Args:
+        dataset_size: number of dataset indices.
+        batch_size: images per batch.
+        seed: base seed of the shuffle.
+        num_replicas, rank: as for :class:`PKSampler`.
+    """
+
+    def __init__(
+        self,
+        dataset_size: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if dataset_size < 1 or batch_size < 1:
+            raise ValueError(
+                f"dataset_size and batch_size must be >= 1, got {dataset_size} and {batch_size}"
+            )
+        self.num_replicas, self.rank = _distributed_defaults(num_replicas, rank)
+        self.dataset_size = dataset_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle of ``epoch`` (same on every rank)."""
+        self.epoch = epoch
+
+    def _num_batches(self) -> int:
+        full, rest = divmod(self.dataset_size, self.batch_size)
+        batches = full + (rest > 1)
+        return batches - batches % self.num_replicas
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.dataset_size)
+        for batch in range(self.rank, self._num_batches(), self.num_replicas):
+            yield order[batch * self.batch_size : (batch + 1) * self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        """Batches this rank yields in an epoch."""
+        return self._num_batches() // self.num_replicas

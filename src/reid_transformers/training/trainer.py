@@ -1,7 +1,8 @@
 """Accelerate-based trainer for every re-ID model of the package.
 
 One process or many (``accelerate launch``): identity-balanced P x K batches from
-:class:`~reid_transformers.data.PKSampler` (each rank its own disjoint batches), batched
+:class:`~reid_transformers.data.PKSampler` or plain shuffled ones from
+:class:`~reid_transformers.data.RandomBatchSampler` (each rank its own disjoint batches), batched
 augmentation on the device, the model's own loss, warm-up + cosine / multi-step learning
 rate, optional blockwise unfreezing, periodic evaluation under the Market-1501 protocol,
 ``save_pretrained`` checkpoints (best and last, with a model card), resumable state.
@@ -29,6 +30,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, PreTrainedCo
 from ..data import (
     BatchAugmentation,
     PKSampler,
+    RandomBatchSampler,
     available_datasets,
     load_reid_dataset,
     make_synthetic_reid,
@@ -77,7 +79,13 @@ def load_training_data(args: ReIDTrainingArguments) -> DatasetDict:
         return load_reid_dataset("market1501", root, progress=args.progress)
     if args.data_dir is None:
         raise ValueError(f"--data_dir is required for dataset {args.dataset!r}")
-    return load_reid_dataset(args.dataset, args.data_dir, progress=args.progress)
+    return load_reid_dataset(
+        args.dataset,
+        args.data_dir,
+        merge_val=args.merge_val,
+        cuhk03_split=args.cuhk03_split,
+        progress=args.progress,
+    )
 
 
 def build_model_and_processor(args: ReIDTrainingArguments, num_identities: int):
@@ -170,21 +178,7 @@ class ReIDTrainer:
         self.processor = processor
         model.freeze_bnneck_biases()  # requires_grad is not restored by from_pretrained
 
-        self.sampler = PKSampler(
-            self.data["train"]["pid"],
-            args.identities_per_batch,
-            args.instances_per_identity,
-            seed=args.seed,
-            num_replicas=self.accelerator.num_processes,
-            rank=self.accelerator.process_index,
-        )
-        if len(self.sampler) == 0:
-            raise ValueError(
-                f"the train split ({len(self.data['train'])} images) yields no batch of "
-                f"{args.identities_per_batch} identities x {args.instances_per_identity} images "
-                f"per process ({self.accelerator.num_processes} processes): lower "
-                "--identities_per_batch or --instances_per_identity"
-            )
+        self.sampler = self._make_sampler(model)
         # Not prepared by accelerate: the sampler already gives every rank its own batches.
         self.train_loader = torch.utils.data.DataLoader(
             range(len(self.data["train"])),
@@ -197,23 +191,35 @@ class ReIDTrainer:
             padding=args.crop_padding,
             erasing_p=args.erasing_probability,
             patch_p=args.random_patch_probability,
+            cutout_p=args.cutout_probability,
+            cutout_size=args.cutout_size,
             seed=args.seed + self.accelerator.process_index,
         )
         self.unfreezing = (
-            BlockwiseUnfreezing(args.unfreeze_every, args.lr_decay, args.initially_unfrozen)
+            BlockwiseUnfreezing(
+                args.unfreeze_every,
+                args.lr_decay,
+                args.initially_unfrozen,
+                args.lr_decay_schedule,
+            )
             if args.blockwise_unfreezing
             else None
         )
         optimizer = self._make_optimizer(model)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
-        # PK epochs vary slightly in length; only step-unit schedules need this estimate.
+        # PK epochs vary slightly in length; only step budgets and step-unit schedules need
+        # this estimate.
         steps_per_epoch = max(1, math.ceil(len(self.sampler) / args.gradient_accumulation_steps))
+        #: Epochs the run lasts: --epochs, or as many as --max_steps needs (the loop stops
+        #: at the step budget, so a short PK epoch cannot end it early).
+        self.num_epochs = (
+            args.epochs if not args.max_steps else math.ceil(args.max_steps / steps_per_epoch)
+        )
+        total_steps = args.max_steps or self.num_epochs * steps_per_epoch
         self.schedule = WarmupSchedule(
             name=args.scheduler,
-            total=args.epochs
-            if args.schedule_unit == "epoch"
-            else args.epochs * steps_per_epoch,
+            total=self.num_epochs if args.schedule_unit == "epoch" else total_steps,
             warmup=args.warmup,
             warmup_factor=args.warmup_factor,
             milestones=tuple(args.milestones),
@@ -226,10 +232,50 @@ class ReIDTrainer:
         self.metrics_log = self.output_dir / "metrics.jsonl"
 
     # ------------------------------------------------------------------ building blocks
+    def _make_sampler(self, model) -> PKSampler | RandomBatchSampler:
+        args = self.args
+        ranks = {
+            "num_replicas": self.accelerator.num_processes,
+            "rank": self.accelerator.process_index,
+        }
+        if args.sampler == "random":
+            if model.requires_identity_balanced_batches:
+                raise ValueError(
+                    f"--sampler random cannot train {type(model).__name__}: its loss mines "
+                    "positives inside a batch (triplet), which needs several images per "
+                    "identity; use --sampler pk"
+                )
+            batch_size = args.batch_size or args.identities_per_batch * args.instances_per_identity
+            sampler = RandomBatchSampler(len(self.data["train"]), batch_size, seed=args.seed,
+                                         **ranks)
+            wanted = f"{batch_size} images"
+        else:
+            sampler = PKSampler(
+                self.data["train"]["pid"],
+                args.identities_per_batch,
+                args.instances_per_identity,
+                seed=args.seed,
+                **ranks,
+            )
+            wanted = (
+                f"{args.identities_per_batch} identities x {args.instances_per_identity} images"
+            )
+        if len(sampler) == 0:
+            raise ValueError(
+                f"the train split ({len(self.data['train'])} images) yields no batch of "
+                f"{wanted} per process ({self.accelerator.num_processes} processes): use "
+                "smaller batches"
+            )
+        return sampler
+
     def _make_optimizer(self, model) -> torch.optim.Optimizer:
         args = self.args
         groups = model.optimizer_parameter_groups(
-            args.learning_rate, args.weight_decay, args.trunk_lr_factor, args.transformer_lr_factor
+            args.learning_rate,
+            args.weight_decay,
+            args.trunk_lr_factor,
+            args.transformer_lr_factor,
+            args.weight_decay_scope,
         )
         if args.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum)
@@ -278,10 +324,10 @@ class ReIDTrainer:
             )
 
         metrics: dict[str, Any] = {}
-        for epoch in range(self.state.epoch, args.epochs):
+        for epoch in range(self.state.epoch, self.num_epochs):
             self._train_epoch(epoch)
             self.state.epoch = epoch + 1
-            last = epoch + 1 == args.epochs
+            last = epoch + 1 == self.num_epochs or self._step_budget_spent()
             if last or (args.eval_every and (epoch + 1) % args.eval_every == 0):
                 metrics = self.evaluate()
                 self._log({"epoch": epoch + 1, "step": self.state.global_step, **metrics})
@@ -289,6 +335,8 @@ class ReIDTrainer:
                     self.state.best_map = metrics["mAP"]
                     self.save_checkpoint(self.output_dir / "best", metrics)
             self.accelerator.save_state(str(state_dir))
+            if last:
+                break
         if not metrics:  # resumed after the last epoch
             metrics = self.evaluate()
         self.save_checkpoint(self.output_dir / "last", metrics)
@@ -300,7 +348,8 @@ class ReIDTrainer:
                 args.hub_model_id,
                 token=args.hub_token,
                 private=args.hub_private,
-                commit_message=f"reid_transformers: {args.epochs} epochs on {args.dataset}",
+                commit_message=f"reid_transformers: {self.state.epoch} epochs "
+                f"({self.state.global_step} steps) on {args.dataset}",
             )
             logger.info("pushed to %s", url)
         return metrics
@@ -316,7 +365,7 @@ class ReIDTrainer:
         self.model.train()
         bar = tqdm(
             self.train_loader,
-            desc=f"epoch {epoch + 1}/{self.args.epochs}",
+            desc=f"epoch {epoch + 1}/{self.num_epochs}",
             unit="batch",
             disable=not (self.args.progress and self.accelerator.is_main_process),
         )
@@ -339,6 +388,8 @@ class ReIDTrainer:
             running += loss.item()
             seen += 1
             bar.set_postfix(loss=f"{running / seen:.3f}", lr=f"{lr:.2e}")
+            if self._step_budget_spent():
+                break
         self._log(
             {
                 "epoch": epoch + 1,
@@ -348,6 +399,10 @@ class ReIDTrainer:
                 "seconds": time.perf_counter() - started,
             }
         )
+
+    def _step_budget_spent(self) -> bool:
+        """Whether ``--max_steps`` optimizer steps have run."""
+        return bool(self.args.max_steps) and self.state.global_step >= self.args.max_steps
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, Any]:
@@ -414,10 +469,11 @@ class ReIDTrainer:
     def _recipe(self) -> dict[str, Any]:
         args = self.args
         recipe = {
-            "epochs": args.epochs,
+            "epochs": self.num_epochs,
             "optimizer": args.optimizer,
             "learning_rate": args.learning_rate,
             "weight_decay": args.weight_decay,
+            "weight_decay_scope": args.weight_decay_scope,
             "scheduler": args.scheduler,
             "warmup": (
                 f"{args.warmup} {args.warmup_unit or args.schedule_unit}"
@@ -428,6 +484,8 @@ class ReIDTrainer:
             "batch": (
                 f"{args.identities_per_batch} identities x "
                 f"{args.instances_per_identity} images"
+                if args.sampler == "pk"
+                else f"{self.sampler.batch_size} images, shuffled"
             ),
             "input_size": list(self.unwrapped_model.config.image_size),
             "augmentation": {
@@ -435,9 +493,12 @@ class ReIDTrainer:
                 "crop_padding": args.crop_padding,
                 "random_erasing": args.erasing_probability,
                 "random_patch": args.random_patch_probability,
+                "cutout": args.cutout_probability,
             },
             "mixed_precision": args.mixed_precision,
         }
+        if args.max_steps:
+            recipe["max_steps"] = args.max_steps
         for name in ("trunk_lr_factor", "transformer_lr_factor"):
             if getattr(args, name) != 1.0:
                 recipe[name] = getattr(args, name)
@@ -446,5 +507,6 @@ class ReIDTrainer:
                 "unfreeze_every": args.unfreeze_every,
                 "lr_decay": args.lr_decay,
                 "initially_unfrozen": args.initially_unfrozen,
+                "lr_decay_schedule": args.lr_decay_schedule,
             }
         return recipe

@@ -2,8 +2,17 @@
 
 The trunk's blocks (``model.unfreezable_blocks()``, top first) start frozen except the top
 ``initially_unfrozen``; every ``unfreeze_every`` epochs one more block is released from the
-top and the learning rate is multiplied by ``lr_decay``. Embeddings, final norms and heads
-always train. One optimizer holds every parameter from the start: a frozen parameter has
+top. Embeddings, final norms and heads always train. The learning rate decays by ``lr_decay``
+on one of two schedules (``lr_decay_schedule``):
+
+- ``"periodic"`` (default; the released LA-Transformer code, and Algorithm 1 of the paper at
+  i = 0): x ``lr_decay`` at epoch 0 and then every ``unfreeze_every`` epochs for the whole
+  run, also after every block trains, so epoch ``e`` runs at
+  ``lr_decay ** (e // unfreeze_every + 1)`` (15 decays in 30 epochs at every 2).
+- ``"releases"``: x ``lr_decay`` only when a further block is released (none at epoch 0,
+  none once every block trains).
+
+One optimizer holds every parameter from the start: a frozen parameter has
 ``requires_grad=False``, so it gets no gradient and optimizers skip it (no update, no weight
 decay, no momentum), and it starts to move on the step after it is released.
 """
@@ -14,6 +23,8 @@ import logging
 from dataclasses import dataclass
 
 from torch import nn
+
+LR_DECAY_SCHEDULES = ("periodic", "releases")
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +37,13 @@ class BlockwiseUnfreezing:
         unfreeze_every: epochs between two releases (code: 2).
         lr_decay: factor applied to every learning rate at each release (code 0.8, paper 0.85).
         initially_unfrozen: blocks that train from the first epoch (code 2, paper 1).
+        lr_decay_schedule: ``"periodic"`` (code) or ``"releases"``; see the module docstring.
     """
 
     unfreeze_every: int = 2
     lr_decay: float = 0.8
     initially_unfrozen: int = 1
+    lr_decay_schedule: str = "periodic"
 
     def __post_init__(self) -> None:
         if self.unfreeze_every < 1:
@@ -39,6 +52,11 @@ class BlockwiseUnfreezing:
             raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
         if self.initially_unfrozen < 0:
             raise ValueError(f"initially_unfrozen must be >= 0, got {self.initially_unfrozen}")
+        if self.lr_decay_schedule not in LR_DECAY_SCHEDULES:
+            raise ValueError(
+                f"lr_decay_schedule must be one of {LR_DECAY_SCHEDULES}, got "
+                f"{self.lr_decay_schedule!r}"
+            )
 
     def trainable_blocks(self, epoch: int, num_blocks: int) -> int:
         """How many blocks (from the top) train during ``epoch`` (0-based)."""
@@ -46,7 +64,9 @@ class BlockwiseUnfreezing:
         return min(num_blocks, self.initially_unfrozen + released)
 
     def lr_factor(self, epoch: int, num_blocks: int) -> float:
-        """Learning-rate multiplier during ``epoch``: ``lr_decay`` per release so far."""
+        """Learning-rate multiplier during ``epoch`` (0-based)."""
+        if self.lr_decay_schedule == "periodic":
+            return self.lr_decay ** (epoch // self.unfreeze_every + 1)
         releases = self.trainable_blocks(epoch, num_blocks) - min(
             num_blocks, self.initially_unfrozen
         )

@@ -1,18 +1,19 @@
 """HAT: Hierarchical Aggregation Transformers for person re-identification.
 
-The outputs ``X_1..X_3`` of ResNet stages 1-3 are refined, brought to one grid and calibrated
-by a transformer, level by level; each level also consumes the previous level's calibrated
-map (deeply supervised aggregation, DSA):
+The outputs ``X_1..X_3`` of ResNet stages 1-3 (optionally also ``X_4``, as a fourth level) are
+refined, brought to one grid and calibrated by a transformer, level by level; each level also
+consumes the previous level's calibrated map (deeply supervised aggregation, DSA):
 
     X_s' = scale_to_grid(bottleneck_s(X_s))                  (B, C_s, rows, cols)
     Z_s_in = concat(X_s', Z_{s-1})    (X_s' alone at the first level)
     m_s, P_s = TFC_s(Z_s_in)          class token (B, C_out_s), patch tokens as a map
     Z_s = neighbourhood_adjustment_s(P_s)                    (B, C_out_s, rows, cols)
 
-with ``rows x cols`` the input size divided by ``scale_factor`` (16x8 at 256x128). Heads:
-``b = GAP(X_4)`` and every ``m_s``, each through a BNNeck. The last level's patch tokens
-feed nothing, so it has no Neighbourhood Adjustment (the released code builds one; that and
-other unused modules are its ~50 M dead parameters).
+with ``rows x cols`` the input size divided by ``scale_factor`` (16x8 at 256x128); without
+Neighbourhood Adjustment (an ablation) ``Z_s = P_s``. Heads: ``b = GAP(X_4)`` and every
+``m_s`` (only the final one without deep supervision), each through a BNNeck. The last
+level's patch tokens feed nothing, so it has no Neighbourhood Adjustment (the released code
+builds one; that and other unused modules are its ~50 M dead parameters).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 
 from ...backbones import (
-    RESNET50_STAGE_CHANNELS,
     Bottleneck,
     ResNetBackbone,
     ViTEncoder,
@@ -63,7 +64,12 @@ class CalibrationEmbeddings(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, hidden_size: int, grid: tuple[int, int], dropout: float
+        self,
+        in_channels: int,
+        hidden_size: int,
+        grid: tuple[int, int],
+        dropout: float,
+        token_init_std: float,
     ) -> None:
         super().__init__()
         self.position_grid = grid
@@ -72,8 +78,8 @@ class CalibrationEmbeddings(nn.Module):
         self.position_embeddings = nn.Parameter(torch.empty(1, 1 + grid[0] * grid[1], hidden_size))
         self.dropout = nn.Dropout(dropout)
         # Usable on its own; HATPreTrainedModel._init_weights draws the same distribution.
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.position_embeddings, std=0.02)
+        nn.init.normal_(self.cls_token, std=token_init_std)
+        nn.init.normal_(self.position_embeddings, std=token_init_std)
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, rows, cols)`` -> ``(B, 1 + rows * cols, hidden_size)``."""
@@ -119,7 +125,9 @@ class FeatureCalibration(nn.Module):
 
     The layers are built from a `ConfigView` of the model config with this level's width and
     depth, the TFC head layout (``tfc_num_heads`` x ``tfc_head_dim``, independent of the
-    width), no qkv bias and ``tfc_dropout``; the attention implementation stays the model's.
+    width), the ``attention_scale``, no qkv bias, ``tfc_dropout`` after the attention
+    projection, the feed-forward activation and its output, and ``tfc_attention_dropout`` on
+    the attention weights; the attention implementation stays the model's.
     """
 
     def __init__(
@@ -139,12 +147,16 @@ class FeatureCalibration(nn.Module):
             head_dim=config.tfc_head_dim,
             intermediate_size=config.tfc_intermediate_size,
             hidden_act=config.tfc_hidden_act,
+            attention_scale=config.attention_scale,
             qkv_bias=False,
             hidden_dropout_prob=config.tfc_dropout,
-            attention_probs_dropout_prob=config.tfc_dropout,
+            activation_dropout=config.tfc_dropout,
+            attention_probs_dropout_prob=config.tfc_attention_dropout,
             drop_path_rate=0.0,
         )
-        self.embeddings = CalibrationEmbeddings(in_channels, hidden_size, grid, config.tfc_dropout)
+        self.embeddings = CalibrationEmbeddings(
+            in_channels, hidden_size, grid, config.tfc_dropout, config.tfc_token_init_std
+        )
         self.encoder = ViTEncoder(layer_config, make_layer=CalibrationLayer)
 
     def forward(
@@ -167,21 +179,42 @@ class FeatureCalibration(nn.Module):
 class HATPreTrainedModel(ResNetReIDPreTrainedModel):
     config_class = HATConfig
     base_model_prefix = "hat"
-    transformer_parameter_prefixes = ("calibrations.",)
+    # Only the TFC transformer layers train at the reduced transformer learning rate, as the
+    # released code's "transformer" name match: not the TFC embeddings (projection, class
+    # token, positions), bottlenecks, Neighbourhood Adjustments or heads. One prefix per
+    # possible level key "1".."4".
+    transformer_parameter_prefixes = tuple(
+        f"calibrations.{level}.encoder." for level in range(1, 5)
+    )
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, CalibrationEmbeddings):
+            # Plain normal of tfc_token_init_std (the released code's torch.randn at 1.0),
+            # not the truncated normal of initializer_range other token tables get.
+            std = self.config.tfc_token_init_std
+            init.normal_(module.cls_token, std=std)
+            init.normal_(module.position_embeddings, std=std)
+        else:
+            super()._init_weights(module)
 
 
 class HATModel(HATPreTrainedModel):
-    """HAT (ARCHITECTURES.md section 4).
+    """HAT: a ResNet (ResNet-50 by default) whose stage outputs are aggregated by
+    transformers, level by level.
 
-    Levels are keyed ``"1"``..``"3"`` in the module dictionaries; a level with
-    ``tfc_depths[s] == 0`` has no entry. The *final* level is the last active one.
+    Levels are keyed ``"1"``..``"3"`` (``"4"`` with the stage-4 map as a fourth level) in the
+    module dictionaries; a level with ``tfc_depths[s] == 0`` has no entry. The *final* level
+    is the last active one; the others are auxiliary.
 
-    - ``embeddings`` ``(B, 2048 + C_out_final)``: ``concat(BN(GAP(X_4)), BN(m_final))``,
-      L2-normalised (4096-d by default).
-    - ``logits``: ``(b, m_s for each active level)`` classifier outputs ``(B, num_identities)``.
+    - ``embeddings`` ``(B, C_4 + C_out_final)``, ``C_4`` the trunk's last stage width:
+      ``concat(BN(GAP(X_4)), BN(m_final))``, L2-normalised (4096-d by default).
+    - ``logits``: ``(b, m_s for each supervised level)`` classifier outputs
+      ``(B, num_identities)``; the supervised levels are all active ones, or only the final
+      one when ``aux_lambda == 0`` (no deep supervision: auxiliary levels have no heads).
     - ``features``: the pre-BN ``(GAP(X_4), m_s...)``, in the same order.
     - ``loss``: ``CE_LS(b) + CE_LS(m_final) + triplet(b) + triplet(m_final)
-      + aux_lambda * sum over the other levels of (CE_LS(m_s) + triplet(m_s))``.
+      + aux_lambda * sum over the auxiliary levels of (CE_LS(m_s) + triplet(m_s))``.
     - ``hidden_states``: the four trunk stage outputs; ``attentions``: every TFC layer's
       weights, level by level (eager attention only).
     """
@@ -191,13 +224,16 @@ class HATModel(HATPreTrainedModel):
         self.resnet = ResNetBackbone(config)
         grid = feature_grid(*config.image_size, config.scale_factor)
         levels = config.active_levels
+        # Without deep supervision (aux_lambda 0) the auxiliary levels' heads would be
+        # trained by nothing, so they are not built.
+        supervised = levels if config.aux_lambda else levels[-1:]
         self.bottlenecks = nn.ModuleDict()
         self.calibrations = nn.ModuleDict()
         self.adjustments = nn.ModuleDict()
         self.level_necks = nn.ModuleDict()
         previous_channels = 0
         for level in levels:
-            key, channels = str(level + 1), RESNET50_STAGE_CHANNELS[level]
+            key, channels = str(level + 1), config.stage_channels[level]
             hidden_size = config.tfc_hidden_sizes[level]
             self.bottlenecks[key] = nn.Sequential(
                 *(_channel_preserving_bottleneck(channels) for _ in range(config.bottleneck_depth))
@@ -205,11 +241,12 @@ class HATModel(HATPreTrainedModel):
             self.calibrations[key] = FeatureCalibration(
                 config, channels + previous_channels, hidden_size, config.tfc_depths[level], grid
             )
-            if level != levels[-1]:
+            if level != levels[-1] and config.neighbourhood_adjustment:
                 self.adjustments[key] = _channel_preserving_bottleneck(hidden_size)
-            self.level_necks[key] = BNNeck(hidden_size, config.num_identities)
+            if level in supervised:
+                self.level_necks[key] = BNNeck(hidden_size, config.num_identities)
             previous_channels = hidden_size
-        self.global_neck = BNNeck(RESNET50_STAGE_CHANNELS[-1], config.num_identities)
+        self.global_neck = BNNeck(config.stage_channels[-1], config.num_identities)
         self.post_init()
 
     def calibration_input_channels(self) -> dict[str, int]:
@@ -240,11 +277,12 @@ class HATModel(HATPreTrainedModel):
             scaled = scale_to_grid(self.bottlenecks[key](stages[int(key) - 1]), grid)
             inputs = scaled if previous is None else torch.cat((scaled, previous), dim=1)
             cls_feature, patch_map, weights = calibration(inputs, output_attentions)
-            level_features.append(cls_feature)
+            if key in self.level_necks:
+                level_features.append(cls_feature)
             attentions.extend(weights)
-            previous = self.adjustments[key](patch_map) if key in self.adjustments else None
+            previous = self.adjustments[key](patch_map) if key in self.adjustments else patch_map
 
-        global_feature = stages[-1].mean((2, 3))  # (B, 2048)
+        global_feature = stages[-1].mean((2, 3))  # (B, C_4)
         global_normed, global_logits = self.global_neck(global_feature)
         heads = [neck(f) for neck, f in zip(self.level_necks.values(), level_features, strict=True)]
         embeddings = F.normalize(torch.cat((global_normed, heads[-1][0]), dim=-1), dim=-1)
@@ -259,7 +297,7 @@ class HATModel(HATPreTrainedModel):
                 ) + batch_hard_triplet_loss(feature, labels, config.triplet_margin)
 
             terms = [head_loss(h, f) for h, f in zip(logits, features, strict=True)]
-            # terms: b, the auxiliary levels, the final level.
+            # terms: b, the supervised auxiliary levels (none at aux_lambda 0), the final level.
             loss = terms[0] + terms[-1] + config.aux_lambda * sum(terms[1:-1])
 
         output = ReIDModelOutput(

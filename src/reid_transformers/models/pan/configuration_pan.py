@@ -2,63 +2,100 @@
 
 from __future__ import annotations
 
-from ...configuration_utils import ReIDConfig, as_pair, check_choice, check_positive, check_range
+from ...configuration_utils import ResNetReIDConfig, check_choice, check_positive, check_range
 
 FUSIONS = ("concat", "add")
+PART_MASKS = ("learned", "stripes")
+CHANNEL_ATTENTIONS = ("shared", "per_scale", "none")
+#: Trunk levels the part-aware attention reads: stages 1, 2 and 3.
+NUM_PAM_LEVELS = 3
 
 
-class PANConfig(ReIDConfig):
-    """Part-aware Attention Network on a ResNet-50 trunk.
+class PANConfig(ResNetReIDConfig):
+    """Part-aware Attention Network on a ResNet trunk (ResNet-50 by default; the trunk fields
+    ``depths``, ``hidden_sizes``, ``layer_type``, ``stem_channels`` and ``stem_activation``
+    are those of `ResNetReIDConfig`).
+
+    Sources: [paper] the ACCV 2020 paper; [our choice] where the paper is silent (no released
+    code is followed). The paper's Table 2 parameter counts (751 identities) fix the size of the
+    part-feature learning module (PLM): with the defaults it has 0.08 M parameters and the
+    model 34.06 M (PAN_c, D = 256; the paper: 33.9 M).
 
     Args:
-        image_size: input ``(height, width)``; 384x128 in the paper.
-        last_stride: stride of the trunk's last stage (1: stage 4 at 1/16 resolution).
-        frozen_batch_norm: keep the trunk's BatchNorms frozen (eval mode, fixed affine).
-        part_scales: granularities of the part-feature learning module; ``(1, 2, 3)`` gives
-            ``1 + 2 + 3 = 6`` parts.
-        spatial_hidden_size: width of each scale's spatial-attention branch (256).
-        channel_reduction: reduction of the squeeze-and-excitation channel attention (16).
-        pam_dim: ``D`` of the part-aware attention projections (256).
+        image_size: input ``(height, width)``; 384x128 [paper].
+        last_stride: stride of the trunk's last stage; 1 keeps stage 4 at 1/16 resolution
+            [paper].
+        frozen_batch_norm: keep the trunk's BatchNorms frozen (eval mode, fixed affine)
+            [our choice; default off].
+        part_scales: granularities of the PLM; ``(1, 2, 3)`` gives ``1 + 2 + 3 = 6`` parts
+            [paper].
+        part_masks: where the parts come from. ``"learned"``: each scale predicts its spatial
+            masks from the stage-4 map [paper]. ``"stripes"``: fixed horizontal stripes, ``k``
+            equal bands for scale ``k``, each part the mean over its band (the
+            horizontal-pooling ablation [paper]); ``part_scales=(1,)`` makes it one global
+            average-pooled part.
+        spatial_hidden_size: width of each scale's spatial-attention branch
+            ``Conv1x1(2048 -> hidden)-BN-ReLU-Conv1x1(hidden -> k)-BN-ReLU`` (8) [our choice,
+            sized to the paper's parameter counts; only with learned masks].
+        channel_attention: the squeeze-and-excitation gate on the stage-4 channels [paper]:
+            ``"shared"`` by all scales (default [our choice], as the parameter counts leave
+            room for one), ``"per_scale"`` (one gate per scale, this package's earlier layout),
+            or ``"none"`` (no gate, an ablation [our choice]).
+        channel_reduction: reduction of the gate's bottleneck, ``2048 / channel_reduction``
+            hidden units (256 -> 8) [our choice: the usual 16 alone would add 0.5 M
+            parameters, more than the paper's counts leave for the whole PLM].
+        part_aware_attention: add the part-aware attention (PAM) terms ``Z_l`` of trunk
+            stages 1-3 to each part [paper]; ``False`` embeds the PLM's part vectors directly
+            (the without-PAM ablation [paper]), and ``pam_dim`` and ``fusion`` are unused.
+        pam_dim: ``D`` of the PAM projections ``phi`` and ``psi``: one int for all three
+            levels (256; Table 2 also has 128) [paper], or three, one per stage, e.g.
+            ``(256, 512, 1024)`` [our choice].
         fusion: ``"concat"`` (PAN_c: ``[P; Z1; Z2; Z3]``, 3840-d) or ``"add"`` (PAN_a: every
-            ``Z`` projected to 2048 and summed with ``P``).
-        embedding_size: per-part embedding width (256).
-        label_smoothing: of the per-part identity cross-entropies.
-        triplet_margin: batch-hard triplet margin on the concatenated part embeddings;
-            ``None`` for the soft margin.
-        triplet_weight: ``lambda1`` (1).
-        orthogonal_weight: ``lambda2`` of the mask orthogonality regulariser (1e-3).
+            ``Z`` projected to 2048 and summed with ``P``) [paper].
+        embedding_size: per-part embedding width, ``Linear-BN-ReLU`` (256) [paper].
+        label_smoothing: of the per-part identity cross-entropies; 0 is the paper's
+            "classical cross-entropy" [paper].
+        triplet_margin: batch-hard triplet margin on the concatenated part embeddings; ``None``
+            for the soft margin (0.3) [our choice: the paper gives no margin].
+        triplet_weight: ``lambda1`` (1) [paper].
+        orthogonal_weight: ``lambda2`` of the mask orthogonality regulariser (1e-3) [paper];
+            only learned masks have it.
     """
 
     model_type = "pan"
 
     image_size: int | list[int] | tuple[int, int] = (384, 128)
-    num_channels: int = 3
-    last_stride: int = 1
-    frozen_batch_norm: bool = False
     part_scales: list[int] | tuple[int, ...] = (1, 2, 3)
-    spatial_hidden_size: int = 256
-    channel_reduction: int = 16
-    pam_dim: int = 256
+    part_masks: str = "learned"
+    spatial_hidden_size: int = 8
+    channel_attention: str = "shared"
+    channel_reduction: int = 256
+    part_aware_attention: bool = True
+    pam_dim: int | list[int] | tuple[int, ...] = 256
     fusion: str = "concat"
     embedding_size: int = 256
-    label_smoothing: float | int = 0.1
+    label_smoothing: float | int = 0.0
     triplet_margin: float | int | None = 0.3
     triplet_weight: float | int = 1.0
     orthogonal_weight: float | int = 1e-3
 
     def __post_init__(self, **kwargs) -> None:
-        self.image_size = as_pair(self.image_size, "image_size")
         scales = tuple(self.part_scales)
         if not scales or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
                              for s in scales):
             raise ValueError(f"part_scales must be positive part counts like (1, 2, 3), got "
                              f"{self.part_scales!r}")
         self.part_scales = scales
-        if self.last_stride not in (1, 2):
-            raise ValueError(f"last_stride must be 1 or 2, got {self.last_stride!r}")
-        check_positive(self, "num_channels", "spatial_hidden_size", "channel_reduction",
-                       "pam_dim", "embedding_size")
+        check_positive(self, "spatial_hidden_size", "channel_reduction",
+                       "embedding_size")
+        self.pam_dim = self._checked_pam_dim(self.pam_dim)
+        check_choice(self, "part_masks", PART_MASKS)
+        check_choice(self, "channel_attention", CHANNEL_ATTENTIONS)
         check_choice(self, "fusion", FUSIONS)
+        if not isinstance(self.part_aware_attention, bool):
+            raise ValueError(
+                f"part_aware_attention must be True or False, got {self.part_aware_attention!r}"
+            )
         check_range(self, "label_smoothing", 0.0, 1.0, high_inclusive=False)
         if self.triplet_margin is not None and self.triplet_margin <= 0:
             raise ValueError(
@@ -67,11 +104,35 @@ class PANConfig(ReIDConfig):
         for name in ("triplet_weight", "orthogonal_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        super().__post_init__(**kwargs)
         if min(self.image_size) < 32:
             raise ValueError(f"image_size {self.image_size} is below the trunk's 32-pixel stride")
-        super().__post_init__(**kwargs)
+
+    @staticmethod
+    def _checked_pam_dim(value: object) -> int | tuple[int, ...]:
+        """An int stays an int (as written in config.json); a list or tuple (a JSON list when
+        loaded) becomes a tuple of ``NUM_PAM_LEVELS`` ints."""
+        def positive(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+        if positive(value):
+            return value
+        if isinstance(value, (list, tuple)) and len(value) == NUM_PAM_LEVELS \
+                and all(positive(v) for v in value):
+            return tuple(value)
+        raise ValueError(
+            f"pam_dim must be a positive integer or {NUM_PAM_LEVELS} of them (one per trunk "
+            f"stage 1-3, e.g. (256, 512, 1024)), got {value!r}"
+        )
 
     @property
     def num_parts(self) -> int:
         """Parts over all scales: the sum of ``part_scales``."""
         return sum(self.part_scales)
+
+    @property
+    def pam_dims(self) -> tuple[int, ...]:
+        """``pam_dim`` per PAM level (stages 1, 2, 3)."""
+        if isinstance(self.pam_dim, int):
+            return (self.pam_dim,) * NUM_PAM_LEVELS
+        return tuple(self.pam_dim)

@@ -2,70 +2,83 @@
 
 from __future__ import annotations
 
-from ...backbones.resnet import RESNET50_STAGE_CHANNELS, feature_grid
-from ...configuration_utils import ReIDConfig, as_pair, check_choice, check_positive, check_range
+from ...backbones.resnet import feature_grid
+from ...configuration_utils import ResNetReIDConfig, check_choice, check_positive, check_range
 
 #: Attention of the Part Aggregation Transformer.
 ATTENTIONS = ("linear", "full")
 #: Position codes added to the part tokens.
 POSITION_ENCODINGS = ("sine+learned", "sine", "learned", "none")
-#: Channels of the ResNet-50 stage-4 map (the part tokens before the optional projection).
-TRUNK_CHANNELS = RESNET50_STAGE_CHANNELS[-1]
 
 
-class PRCTConfig(ReIDConfig):
-    """PRCT: a ResNet-50 trunk whose stage-4 cells are part tokens, aggregated by a
-    Linformer-style transformer into a learnable embedding token (ARCHITECTURES.md section 5).
+class PRCTConfig(ResNetReIDConfig):
+    """PRCT: a ResNet trunk (ResNet-50 by default) whose stage-4 cells are part tokens,
+    aggregated by a Linformer-style transformer into a learnable embedding token.
+
+    There is no released code; sources are the paper or our choices. The trunk fields
+    (``depths``, ``hidden_sizes``, ``layer_type``, ``stem_channels``, ``stem_activation``)
+    are those of `ResNetReIDConfig`.
 
     Args:
-        image_size: input ``(height, width)``; 256x128 in the paper. It fixes the part grid
-            the length-dependent parameters are built for (16x8 = 128 parts at 256x128 with
-            last stride 1); other input sizes still run (see ``modeling_prct``).
-        num_channels: input channels.
-        last_stride: stride of the trunk's last stage (1: stage 4 at 1/16 resolution, the
-            paper's 16x8 grid; 2: 1/32).
-        frozen_batch_norm: keep the trunk's BatchNorms frozen (eval mode, fixed affine).
-        hidden_size: width ``D`` of the part tokens and of the transformer. The paper uses the
-            trunk's 2048 channels as they are; any other value adds the optional projection,
-            a linear map ``2048 -> hidden_size`` of every stage-4 cell (created only when
-            ``hidden_size != 2048``). Must be divisible by ``num_attention_heads`` and, when a
-            sine-cosine code is used, by 4 (two halves of sine/cosine pairs).
-        num_hidden_layers: layers of the Part Aggregation Transformer (12; the paper's
-            "1 layer" ablation is 1).
-        num_attention_heads: heads per layer (8; the "1 head" ablation is 1).
-        intermediate_size: hidden width of the GELU feed-forward (2048, the hidden size).
-        hidden_act: feed-forward activation (a transformers ``ACT2FN`` name).
-        layer_norm_eps: epsilon of the pre-norm and final LayerNorms (1e-6, the timm / ViT
-            value, as in the other transformers of this package).
-        qkv_bias: bias of the fused query/key/value projection.
+        image_size: input ``(height, width)``, 256x128 [paper]. It fixes the part grid the
+            length-dependent parameters are built for (16x8 = 128 parts at 256x128 with last
+            stride 1); other input sizes still run (see ``modeling_prct``).
+        last_stride: stride of the trunk's last stage: 1 (stage 4 at 1/16 resolution, the
+            16x8 grid) [paper]; 2: 1/32.
+        frozen_batch_norm: keep the trunk's BatchNorms frozen (eval mode, fixed affine);
+            ``False`` [our choice: the fast-reid recipe trains them].
+        hidden_size: width ``D`` of the part tokens and of the transformer, 2048: the trunk's
+            channels as they are [paper]. Any value other than the trunk's last stage width
+            (``hidden_sizes[-1]``) adds a linear map to ``hidden_size`` of every stage-4 cell
+            [our choice: an option, the paper does not project]. Must be divisible by
+            ``num_attention_heads`` and, when a sine-cosine code is used, by 4 (two halves of
+            sine/cosine pairs).
+        num_hidden_layers: layers of the Part Aggregation Transformer, 12 [paper]; the
+            paper's "1 layer" ablation is 1.
+        num_attention_heads: heads per layer, 8 [paper]; the "1 head" ablation is 1.
+        intermediate_size: hidden width of the GELU feed-forward, 2048, the hidden size
+            [our choice: the paper gives none].
+        hidden_act: feed-forward activation (a transformers ``ACT2FN`` name), GELU
+            [our choice, as ViT].
+        layer_norm_eps: epsilon of the pre-norm and final LayerNorms, 1e-6 [our choice: the
+            timm / ViT value, as in the other transformers of this package].
+        qkv_bias: bias of the fused query/key/value projection [our choice, as ViT].
         hidden_dropout_prob: dropout on the token sequence after the position codes, after
-            each attention output projection and in each feed-forward (the paper's 0.1).
-        attention_probs_dropout_prob: dropout on the attention weights (0.1, the same rate;
-            the paper names a single dropout of 0.1).
+            each attention output projection and in each feed-forward, 0.1 [our choice: the
+            paper names no dropout; 0.1 is the usual transformer rate].
+        attention_probs_dropout_prob: dropout on the attention weights, 0.1 [our choice, the
+            same rate].
         drop_path_rate: stochastic depth, rising linearly from 0 at the first layer to this
-            rate at the last (0, the paper has none).
+            rate at the last; 0 [our choice: the paper names none].
         attention: ``"linear"`` (Linformer: keys and values projected along the token axis
-            to ``linformer_k`` rows before the softmax; the paper) or ``"full"`` (plain
-            softmax attention over all tokens, for comparison).
-        linformer_k: ``k``, the projected sequence length of keys and values (64).
+            to ``linformer_k`` rows before the softmax) [paper] or ``"full"`` (plain softmax
+            attention over all tokens, for comparison) [our choice].
+        linformer_k: ``k``, the projected sequence length of keys and values, 64 [our
+            choice: the paper gives no value].
         share_kv_projection: ``True``: one ``E`` and one ``F`` (each ``n x k``) shared by all
             heads of a layer (Linformer's "headwise sharing"); ``False`` (default): one
-            ``E_i, F_i`` pair per head.
-        position_encoding: ``"sine+learned"`` (the paper: fixed 2-D sine-cosine code plus a
-            learnable position embedding), ``"sine"``, ``"learned"`` or ``"none"`` (the
-            "no PE" ablation).
-        label_smoothing: of the identity cross-entropy (0.1).
-        triplet_margin: batch-hard triplet margin (0.3); ``None`` for the soft margin.
-        triplet_weight: weight of the triplet term (1).
+            ``E_i, F_i`` pair per head, as multi-head linear attention reads [paper].
+        position_encoding: ``"sine+learned"``: fixed 2-D sine-cosine code plus a learnable
+            position embedding [paper]; ``"sine"``, ``"learned"`` [our choice] or ``"none"``
+            (the "no PE" ablation) [paper].
+        embedding_projection_size: width of a fully connected layer between the embedding
+            token and the BNNeck, or ``None`` (default): no such layer, the BNNeck sits on
+            the token [our choice]. Section 3.1 of the paper "connects the FC layer and the
+            classifier" to the token without giving the layer's width or activation, which
+            also reads as the BNNeck's classifier itself (a fully connected layer); the
+            training follows fast-reid's bag of tricks, whose head has no further layer.
+            With a size, the layer (``Linear(hidden_size, size)``, no activation) gives the
+            feature: the triplet loss sees its output, the BNNeck and the classifier follow
+            it, and the embedding has this size [paper's FC layer, our reading].
+        label_smoothing: of the identity cross-entropy, 0.1 [paper: fast-reid's recipe].
+        triplet_margin: batch-hard triplet margin, 0.3 [paper: fast-reid's recipe]; ``None``
+            for the soft margin.
+        triplet_weight: weight of the triplet term, 1 [our choice: fast-reid's default].
     """
 
     model_type = "prct"
 
-    image_size: int | list[int] | tuple[int, int] = (256, 128)
-    num_channels: int = 3
-    last_stride: int = 1
-    frozen_batch_norm: bool = False
-    hidden_size: int = TRUNK_CHANNELS
+    hidden_size: int = 2048
     num_hidden_layers: int = 12
     num_attention_heads: int = 8
     intermediate_size: int = 2048
@@ -82,17 +95,14 @@ class PRCTConfig(ReIDConfig):
     label_smoothing: float | int = 0.1
     triplet_margin: float | int | None = 0.3
     triplet_weight: float | int = 1.0
+    embedding_projection_size: int | None = None
 
     def __post_init__(self, **kwargs) -> None:
-        self.image_size = as_pair(self.image_size, "image_size")
-        if isinstance(self.last_stride, bool) or self.last_stride not in (1, 2):
-            raise ValueError(f"last_stride must be 1 or 2, got {self.last_stride!r}")
-        for name in ("frozen_batch_norm", "qkv_bias", "share_kv_projection"):
+        for name in ("qkv_bias", "share_kv_projection"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         check_positive(
             self,
-            "num_channels",
             "hidden_size",
             "num_hidden_layers",
             "num_attention_heads",
@@ -127,12 +137,14 @@ class PRCTConfig(ReIDConfig):
             )
         if not self.triplet_weight >= 0:
             raise ValueError(f"triplet_weight must be >= 0, got {self.triplet_weight!r}")
+        if self.embedding_projection_size is not None:
+            check_positive(self, "embedding_projection_size")
+        super().__post_init__(**kwargs)
         if min(self.image_size) < self.trunk_stride:
             raise ValueError(
                 f"image_size {self.image_size} is below the trunk's {self.trunk_stride}-pixel "
                 f"stride (last_stride={self.last_stride})"
             )
-        super().__post_init__(**kwargs)
 
     @property
     def trunk_stride(self) -> int:
@@ -150,6 +162,11 @@ class PRCTConfig(ReIDConfig):
         """``n = 1 + rows * cols``: the embedding token plus one token per part (129)."""
         rows, cols = self.part_grid
         return 1 + rows * cols
+
+    @property
+    def embedding_size(self) -> int:
+        """Width of the feature the BNNeck sees and of the retrieval embedding."""
+        return self.embedding_projection_size or self.hidden_size
 
     @property
     def uses_sine_encoding(self) -> bool:

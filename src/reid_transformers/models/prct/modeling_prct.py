@@ -1,4 +1,4 @@
-"""PRCT: person retrieval with a convolution-transformer (ARCHITECTURES.md section 5).
+"""PRCT: person retrieval with a convolution-transformer.
 
 A ResNet-50 trunk (last stride 1) turns a 256x128 crop into a 2048 x 16 x 8 map; every cell
 is one part token. The part tokens get a fixed 2-D sine-cosine position code plus a learned
@@ -12,6 +12,7 @@ Part Aggregation Transformer of pre-norm layers with multi-head *linear* attenti
         x = x + drop_path(attention(norm1(x)))
         x = x + drop_path(mlp(norm2(x)))
     f = layernorm(x)[:, 0]                          the embedding token, (B, D)
+    f = f @ W_fc + b_fc                             optional FC layer (embedding_projection_size)
 
 Linear attention, per head ``i`` (``Q, K, V`` of shape ``(n, d)``)::
 
@@ -60,7 +61,7 @@ from ...backbones.vit import (
 from ...losses import batch_hard_triplet_loss, cross_entropy_with_label_smoothing
 from ...modeling_outputs import ReIDModelOutput
 from ...modeling_utils import BNNeck, ResNetReIDPreTrainedModel
-from .configuration_prct import TRUNK_CHANNELS, PRCTConfig
+from .configuration_prct import PRCTConfig
 
 __all__ = [
     "LinformerSelfAttention",
@@ -261,8 +262,9 @@ class PRCTPartEmbeddings(nn.Module):
     """Stage-4 map -> token sequence: optional projection, position codes, embedding token.
 
     Attributes:
-        projection: ``Linear(2048, hidden_size)`` applied to every cell (a 1x1 convolution
-            of the map), only when ``hidden_size != 2048``; else None.
+        projection: ``Linear(C_4, hidden_size)`` applied to every cell (a 1x1 convolution
+            of the map; ``C_4`` the trunk's last stage width, 2048 on ResNet-50), only when
+            ``hidden_size != C_4``; else None.
         position_embeddings: learned, ``(1, rows * cols, hidden_size)`` for the configured
             grid (None without a learned encoding).
         embedding_token: ``r``, ``(1, 1, hidden_size)``.
@@ -274,7 +276,8 @@ class PRCTPartEmbeddings(nn.Module):
         self.grid: Grid = config.part_grid
         self.hidden_size = dim
         self.use_sine = config.uses_sine_encoding
-        self.projection = nn.Linear(TRUNK_CHANNELS, dim) if dim != TRUNK_CHANNELS else None
+        channels = config.stage_channels[-1]
+        self.projection = nn.Linear(channels, dim) if dim != channels else None
         self.position_embeddings = (
             nn.Parameter(torch.empty(1, self.grid[0] * self.grid[1], dim))
             if config.uses_learned_encoding
@@ -299,10 +302,10 @@ class PRCTPartEmbeddings(nn.Module):
         return resize_position_embeddings(padded, self.grid, tuple(grid))[:, 1:]
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """``(B, 2048, rows, cols)`` -> ``(B, 1 + rows * cols, D)``: the embedding token, then
+        """``(B, C_4, rows, cols)`` -> ``(B, 1 + rows * cols, D)``: the embedding token, then
         the part tokens row-major with their positions added; dropout applied."""
         batch_size, _, rows, cols = feature_map.shape
-        tokens = feature_map.flatten(2).transpose(1, 2)  # (B, N, 2048), row-major
+        tokens = feature_map.flatten(2).transpose(1, 2)  # (B, N, C_4), row-major
         if self.projection is not None:
             tokens = self.projection(tokens)
         if self.use_sine:
@@ -363,14 +366,17 @@ class PRCTPreTrainedModel(ResNetReIDPreTrainedModel):
 
 
 class PRCTModel(PRCTPreTrainedModel):
-    """PRCT (ARCHITECTURES.md section 5).
+    """PRCT.
 
-    - ``embeddings`` ``(B, hidden_size)``: the embedding token after the BNNeck BatchNorm,
-      L2-normalised (compare by cosine / inner product).
+    The feature is the embedding token, or its image under the optional FC layer
+    (``embedding_projection``, with ``embedding_projection_size``); ``E`` its width.
+
+    - ``embeddings`` ``(B, E)``: the feature after the BNNeck BatchNorm, L2-normalised
+      (compare by cosine / inner product).
     - ``logits``: one tensor ``(B, num_identities)`` (BNNeck classifier), when
       ``num_identities > 0``.
-    - ``loss``: ``CE_LS(logits) + triplet_weight * triplet(embedding token before the BN)``.
-    - ``features``: ``(embedding token before the BN,)``.
+    - ``loss``: ``CE_LS(logits) + triplet_weight * triplet(feature before the BN)``.
+    - ``features``: ``(feature before the BN,)``.
     - ``hidden_states``: the transformer's (input + each layer), with ``output_hidden_states``;
       ``attentions`` with ``output_attentions`` (eager attention only).
 
@@ -382,7 +388,12 @@ class PRCTModel(PRCTPreTrainedModel):
         self.resnet = ResNetBackbone(config)
         self.embeddings = PRCTPartEmbeddings(config)
         self.transformer = PartAggregationTransformer(config)
-        self.neck = BNNeck(config.hidden_size, config.num_identities)
+        self.embedding_projection = (
+            nn.Linear(config.hidden_size, config.embedding_projection_size)
+            if config.embedding_projection_size is not None
+            else None
+        )
+        self.neck = BNNeck(config.embedding_size, config.num_identities)
         self.post_init()
 
     def forward(
@@ -399,7 +410,7 @@ class PRCTModel(PRCTPreTrainedModel):
             return_dict, output_hidden_states, output_attentions
         )
         self._check_labels(labels, pixel_values.shape[0])
-        feature_map = self.resnet(pixel_values)[-1]  # (B, 2048, rows, cols)
+        feature_map = self.resnet(pixel_values)[-1]  # (B, C_4, rows, cols)
         grid = (int(feature_map.shape[-2]), int(feature_map.shape[-1]))
         encoded = self.transformer(
             self.embeddings(feature_map),
@@ -408,6 +419,8 @@ class PRCTModel(PRCTPreTrainedModel):
             output_attentions=output_attentions,
         )
         feature = encoded.last_hidden_state[:, 0]  # the embedding token, (B, D)
+        if self.embedding_projection is not None:
+            feature = self.embedding_projection(feature)  # (B, embedding_projection_size)
         normed, head_logits = self.neck(feature)
         embeddings = F.normalize(normed, dim=-1)
         logits = (head_logits,) if head_logits is not None else None
