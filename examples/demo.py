@@ -51,7 +51,11 @@ def table(rows: dict[str, dict[str, float]]) -> str:
 def main() -> None:
     options = parse_args()
     started = time.perf_counter()
-    flags = ["--preset", "tiny", "--output_dir", str(options.output_dir / "training")]
+    # Each demo replaces the previous demo's run (a re-run is otherwise refused).
+    flags = [
+        "--preset", "tiny", "--output_dir", str(options.output_dir / "training"),
+        "--overwrite_output_dir",
+    ]
     if options.epochs is not None:
         flags += ["--epochs", str(options.epochs)]
     trainer = ReIDTrainer(parse_arguments(flags))

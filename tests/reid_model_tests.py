@@ -17,6 +17,11 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, pipeline
 
 from reid_transformers.modeling_utils import BNNeck
 
+#: A 0.3 M-parameter trunk (one basic block per stage): the tests' models build in
+#: milliseconds; the ResNet-50 defaults are tested where they matter (sizes, parity).
+TINY_TRUNK = dict(layer_type="basic", depths=(1, 1, 1, 1), hidden_sizes=(16, 32, 64, 128),
+                  stem_channels=16)
+
 
 def dead_parameters(model: torch.nn.Module, tolerance: float = 0.0) -> list[str]:
     """Names of trainable parameters whose gradient (after ``backward``) is missing or no

@@ -228,10 +228,38 @@ def test_train_runs_the_trainer_and_writes_checkpoints(capsys, tmp_path, root):
     )
     assert code == 0, err
     assert f"Checkpoints: {output / 'best'}, {output / 'last'}" in out
-    assert "mAP" in json.loads(out[: out.index("Checkpoints:")])
+    printed = json.loads(out[: out.index("Checkpoints:")])
+    assert {"last", "best"} == set(printed) and "mAP" in printed["last"]["metrics"]
+    assert printed["best"]["epoch"] <= printed["last"]["epoch"]
     config = json.loads((output / "last" / "config.json").read_text())
     assert config["hidden_size"] == 32 and config["image_size"] == [64, 32]
     assert (output / "best" / "README.md").is_file()
+
+
+def test_train_help_shows_every_default_once(capsys):
+    code, out, _ = run(capsys, "train", "--help")
+    assert code == 0
+    assert "(default: None)" not in out
+    blocks = [" ".join(block.split()) for block in out.split("\n  --")[1:]]
+    assert all(block.count("(default:") <= 1 for block in blocks)
+    epochs = next(block for block in blocks if block.startswith("epochs "))
+    assert "training epochs" in epochs and "(default: 30)" in epochs
+
+
+def test_train_offline_without_the_presets_weights_is_one_line_saying_how_to_go_on(
+    capsys, tmp_path, root, monkeypatch
+):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    code, _, err = run(
+        capsys, "train", "--preset", "tiny", "--model", "hat",
+        "--pretrained_backbone", "microsoft/resnet-50", "--dataset", "market1501",
+        "--data_dir", root, "--output_dir", tmp_path / "run", "--no_progress",
+        "--identities_per_batch", "4", "--instances_per_identity", "2",
+    )
+    assert code == 1
+    line = one_error_line(err)
+    assert "'microsoft/resnet-50'" in line and "HF_HUB_OFFLINE is set" in line
+    assert "--pretrained_backbone DIR" in line and "--pretrained_backbone ''" in line
 
 
 # ---------------------------------------------------------------------- evaluate
@@ -244,6 +272,7 @@ def test_evaluate_prints_the_metrics_of_the_checkpoint_and_saves_json(
         "--data-dir", root, "--rerank", "--json", report, "--no-progress", "--device", "cpu",
     )
     assert code == 0, err
+    assert "Loading weights" not in err and "%|" not in err  # --no-progress: no bar at all
     expected = evaluate_ranking(
         reference_embeddings(shared_checkpoint, data["query"]),
         reference_embeddings(shared_checkpoint, data["gallery"]),
@@ -594,7 +623,9 @@ def test_checkpoint_loading_names_what_is_wrong(tmp_path, shared_checkpoint, mon
                        match="lacks preprocessor_config.json, model.safetensors"):
         load_checkpoint(partial)
     (partial / "preprocessor_config.json").write_text("{}")
-    (partial / "model.safetensors").write_bytes(b"")
+    (partial / "model.safetensors").write_bytes(
+        (shared_checkpoint / "model.safetensors").read_bytes()
+    )
     (partial / "config.json").write_text("{")
     with pytest.raises(ValueError, match="cannot load checkpoint folder .*partial: .*JSON"):
         load_checkpoint(partial)

@@ -6,10 +6,12 @@ Every layout is faked on disk with tiny images whose names follow the release's 
 from __future__ import annotations
 
 import csv
+import logging
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from datasets import ClassLabel, DatasetDict, Image, Value
 from PIL import Image as PILImage
@@ -217,6 +219,50 @@ def test_market_ignores_non_images_and_hidden_files_and_accepts_png(tmp_path: Pa
     ds = load("market1501", root)
     assert len(ds["gallery"]) == 3
     assert sorted(ds["query"]["pid"][:]) == [2, 7, 15]
+
+
+def test_split_folders_are_searched_recursively_like_image_folders(
+    market_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One rule for every folder of images (benchmark splits and --images alike): image
+    # files at any depth count; hidden files and folders do not.
+    nested = write_image(market_root / "bounding_box_test" / "cam4" / "0002_c4s1_000999_01.jpg")
+    deeper = write_image(market_root / "query" / "a" / "b" / "0015_c2s1_000001_01.png")
+    write_image(market_root / "query" / ".cache" / "0002_c1s1_000001_01.jpg")
+    with caplog.at_level(logging.WARNING, logger=reid_datasets.__name__):
+        ds = load("market1501", market_root)
+    assert str(nested) in ds["gallery"]["path"][:]
+    assert str(deeper) in ds["query"]["path"][:]
+    assert ds["query"]["path"][:] == sorted(ds["query"]["path"][:])
+    assert len(ds["query"]) == 3 and len(ds["gallery"]) == 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "market1501 query: ignored 1 entry under" in warnings[0]
+    assert ".cache/" in warnings[0]
+
+
+def test_ignored_files_are_counted_in_a_warning(
+    market_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (market_root / "bounding_box_test" / "Thumbs.db").write_bytes(b"\x00\x01")
+    (market_root / "bounding_box_test" / "notes").mkdir()
+    (market_root / "bounding_box_test" / "notes" / "readme.txt").write_text("hi")
+    (market_root / "bounding_box_test" / "._0002_c4s1_000200_01.jpg").write_bytes(b"fork")
+    # A link to a folder is not followed (it could loop, or double the split).
+    (market_root / "bounding_box_test" / "more").symlink_to(market_root / "query")
+    with caplog.at_level(logging.WARNING, logger=reid_datasets.__name__):
+        ds = load("market1501", market_root)
+    assert len(ds["gallery"]) == 3
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "market1501 gallery: ignored 4 entries under" in warning
+    assert "(hidden, linked folders, or not .jpg/.jpeg/.png files)" in warning
+    for name in ("._0002_c4s1_000200_01.jpg", "Thumbs.db", "more/", "notes/readme.txt"):
+        assert name in warning
+    caplog.clear()
+    # A clean folder loads without a warning.
+    with caplog.at_level(logging.WARNING, logger=reid_datasets.__name__):
+        load("market1501", make_folder_dataset(market_root.parent / "clean", market_files()))
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def test_loading_is_deterministic(market_root: Path) -> None:
@@ -442,6 +488,32 @@ def test_generic_errors_name_the_row(tmp_path: Path) -> None:
         load("generic", tmp_path)
 
 
+def test_generic_same_image_in_two_splits_is_leakage_naming_both_rows(tmp_path: Path) -> None:
+    rows = generic_rows(tmp_path)
+    # The train image imgs/b.jpg again, spelt differently, in the gallery under another pid.
+    leak = {"path": str(tmp_path / "imgs" / ".." / "imgs" / "b.jpg"), "pid": 5, "camid": 0,
+            "split": "gallery"}
+    write_csv(tmp_path / "annotations.csv", [*rows, leak])
+    with pytest.raises(ValueError, match="1 image appears in more than one row") as excinfo:
+        load("generic", tmp_path)
+    message = str(excinfo.value)
+    assert f"{tmp_path / 'imgs' / 'b.jpg'}: line 2 (train, pid 42) and line 6 (gallery, pid 5)" in (
+        message
+    )
+    assert "leaks" in message
+
+
+def test_generic_same_image_twice_in_one_split_is_refused(tmp_path: Path) -> None:
+    rows = generic_rows(tmp_path)
+    repeat = [dict(rows[3], pid=8), dict(rows[1], camid=0)]
+    write_csv(tmp_path / "annotations.csv", [*rows, *repeat])
+    with pytest.raises(ValueError, match="2 images appear in more than one row") as excinfo:
+        load("generic", tmp_path)
+    message = str(excinfo.value)
+    assert "d.jpg: line 5 (gallery, pid 7) and line 6 (gallery, pid 8)" in message
+    assert "a.png: line 3 (train, pid 7) and line 7 (train, pid 7)" in message
+
+
 def test_generic_missing_annotations_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"annotations\.csv"):
         load("generic", tmp_path)
@@ -541,13 +613,85 @@ def test_corrupt_image_is_named(market_root: Path) -> None:
     assert len(load("market1501", market_root, verify_images="none")["gallery"]) == 4
 
 
-def test_truncated_image_caught_only_by_full_verification(market_root: Path) -> None:
-    path = market_root / "query" / "0002_c3s1_000001_01.jpg"
-    PILImage.effect_noise((64, 128), 50).convert("RGB").save(path, quality=95)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    assert len(load("market1501", market_root)["query"]) == 3
-    with pytest.raises(ValueError, match=r"0002_c3s1_000001_01\.jpg"):
-        load("market1501", market_root, verify_images="full")
+def write_truncated_jpeg(path: Path, keep: float = 0.5) -> Path:
+    """A real JPEG (noise, so the scan data is long) cut after ``keep`` of its bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.effect_noise((64, 128), 50).convert("RGB").save(path, format="JPEG", quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def write_truncated_png(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.effect_noise((64, 128), 50).convert("RGB").save(path, format="PNG")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def write_16bit_png(path: Path) -> Path:
+    """A 16-bit greyscale PNG: PIL decodes it (mode I;16), the processor cannot convert it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray(np.full((8, 4), 40000, dtype=np.uint16)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("verify", ["header", "full"])
+def test_truncated_jpeg_and_png_are_caught_by_every_verification(
+    market_root: Path, verify: str
+) -> None:
+    write_truncated_jpeg(market_root / "query" / "0002_c3s1_000001_01.jpg")
+    # Cut just before the end-of-image marker: the header and nearly all pixels are there.
+    write_truncated_jpeg(market_root / "query" / "0007_c3s1_000001_01.jpg", keep=0.97)
+    write_truncated_png(market_root / "bounding_box_test" / "0007_c4s1_000001_01.png")
+    with pytest.raises(ValueError, match="3 of 12 image files are unreadable") as excinfo:
+        load("market1501", market_root, verify_images=verify)
+    message = str(excinfo.value)
+    for name in ("0002_c3s1_000001_01.jpg", "0007_c3s1_000001_01.jpg", "0007_c4s1_000001_01.png"):
+        assert f"{name}: OSError: image file is truncated" in message
+    assert len(load("market1501", market_root, verify_images="none")["query"]) == 4
+
+
+@pytest.mark.parametrize("verify", ["header", "full"])
+def test_complete_files_with_trailing_bytes_pass_verification(
+    market_root: Path, verify: str
+) -> None:
+    # Some cameras pad JPEGs or append data after the end marker; PIL reads them, so they
+    # must pass (the cheap end-marker test falls back to decoding such files).
+    padded = market_root / "query" / "0002_c3s1_000001_01.jpg"
+    PILImage.effect_noise((16, 32), 50).convert("RGB").save(padded, format="JPEG")
+    padded.write_bytes(padded.read_bytes() + b"\x00" * 7 + b"trailer")
+    # A PNG cut inside its last chunk still decodes completely.
+    cut_png = market_root / "query" / "0007_c3s1_000001_01.png"
+    PILImage.new("RGB", (4, 8), (1, 2, 3)).save(cut_png)
+    cut_png.write_bytes(cut_png.read_bytes()[:-12])
+    assert len(load("market1501", market_root, verify_images=verify)["query"]) == 4
+
+
+def test_header_verification_decodes_no_complete_file(
+    market_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[PILImage.Image] = []
+    original = PILImage.Image.load
+
+    def recording_load(image: PILImage.Image):  # type: ignore[no-untyped-def]
+        decoded.append(image)
+        return original(image)
+
+    monkeypatch.setattr(PILImage.Image, "load", recording_load)
+    load("market1501", market_root, verify_images="header")
+    assert decoded == []
+    load("market1501", market_root, verify_images="full")
+    assert len({id(image) for image in decoded}) == 9  # the images left after dropping junk
+
+
+@pytest.mark.parametrize("verify", ["header", "full"])
+def test_images_the_processor_cannot_convert_are_rejected(market_root: Path, verify: str) -> None:
+    write_16bit_png(market_root / "bounding_box_test" / "0007_c4s1_000001_01.png")
+    with pytest.raises(ValueError, match="1 of 10 image files are unreadable") as excinfo:
+        load("market1501", market_root, verify_images=verify)
+    assert "0007_c4s1_000001_01.png: unsupported PIL image mode 'I;16'" in str(excinfo.value)
 
 
 def test_option_validation(market_root: Path) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import sys
 from pathlib import Path
@@ -535,3 +536,135 @@ def test_search_example_rejects_bad_arguments(tmp_path, checkpoint, search_examp
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=f"no image files .* under {empty}"):
         search_example.image_folder_dataset(empty)
+
+
+# --- unreadable images (issue 13, item 11) --------------------------------------------------
+
+
+def break_images(paths: list[str], rows: dict[int, str]) -> None:
+    """Damage ``paths[row]`` in place: ``truncated`` (a real JPEG cut in half), ``16bit`` (a
+    PNG that decodes to mode I;16, which the processor cannot convert) or ``missing``."""
+    for row, damage in rows.items():
+        path = Path(paths[row])
+        if damage == "truncated":
+            PIL.Image.effect_noise((32, 64), 50).convert("RGB").save(path, format="JPEG")
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        elif damage == "16bit":
+            PIL.Image.fromarray(np.full((64, 32), 40000, dtype=np.uint16)).save(path)
+        else:
+            path.unlink()
+
+
+def readable_reference(model, paths: list[str], skipped: set[int]) -> np.ndarray:
+    kept = [path for row, path in enumerate(paths) if row not in skipped]
+    return reference_embeddings(model, image_dataset(kept))
+
+
+def test_an_unreadable_image_ends_the_extraction_with_a_hint_by_default(tmp_path):
+    paths = write_images(tmp_path / "images", 9)
+    break_images(paths, {6: "truncated"})
+    with pytest.raises(ValueError, match=r"0006_c1s1_000000_00\.png.*skip_unreadable=True"):
+        extract_embeddings(tiny_model(), image_dataset(paths), tiny_processor(), batch_size=2,
+                           progress=False)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_skip_unreadable_keeps_every_readable_row_and_logs_each_skipped_file(
+    tmp_path, caplog, num_workers
+):
+    paths = write_images(tmp_path / "images", 9)
+    # Row 6 fails to decode, row 7 to preprocess; rows 2 and 3 fill a whole batch.
+    broken = {2: "missing", 3: "truncated", 6: "truncated", 7: "16bit"}
+    break_images(paths, broken)
+    model = tiny_model()
+    with caplog.at_level(logging.WARNING, logger="reid_transformers.retrieval.extraction"):
+        got = extract_embeddings(
+            model,
+            image_dataset(paths),
+            tiny_processor(),
+            batch_size=2,
+            num_workers=num_workers,
+            skip_unreadable=True,
+            progress=False,
+        )
+    expected = readable_reference(model, paths, set(broken))
+    assert got.shape == (9, expected.shape[1]) and got.dtype == np.float32
+    skipped = np.isnan(got).all(axis=1)
+    assert np.flatnonzero(skipped).tolist() == sorted(broken)
+    assert np.isfinite(got[~skipped]).all()
+    np.testing.assert_allclose(got[~skipped], expected, rtol=1e-5, atol=1e-6)
+    messages = [record.getMessage() for record in caplog.records]
+    for row in broken:
+        assert any(
+            m.startswith("skipped an unreadable image: ")
+            and f"image '{paths[row]}' (dataset row {row})" in m
+            for m in messages
+        ), (row, messages)
+    assert "image file not found" in messages[0]
+    assert "OSError: image file is truncated" in messages[1]
+    assert "unsupported PIL image mode 'I;16'" in messages[3]
+    assert messages[-1] == "skipped 4 of 9 images that could not be read"
+
+
+def test_skip_unreadable_with_nothing_to_skip_gives_the_plain_result(dataset, caplog):
+    model = tiny_model()
+    plain = extract_embeddings(model, dataset, tiny_processor(), batch_size=4, progress=False)
+    with caplog.at_level(logging.WARNING):
+        got = extract_embeddings(
+            model, dataset, tiny_processor(), batch_size=4, skip_unreadable=True, progress=False
+        )
+    np.testing.assert_array_equal(got, plain)
+    assert not caplog.records
+
+
+class _NaNModel(torch.nn.Module):
+    """Finite embeddings except for the ``bad``-th image it embeds, as damaged weights or a
+    float16 overflow give for some inputs."""
+
+    def __init__(self, bad: int) -> None:
+        super().__init__()
+        self.bad, self.seen = bad, 0
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, pixel_values):
+        embeddings = pixel_values.mean(dim=(2, 3)) * self.scale
+        rows = torch.arange(self.seen, self.seen + len(pixel_values))
+        self.seen += len(pixel_values)
+        embeddings[rows == self.bad] = float("nan")
+        return ReIDModelOutput(embeddings=embeddings)
+
+
+@pytest.mark.parametrize("skip_unreadable", [False, True])
+def test_non_finite_embeddings_are_an_error_naming_the_rows(dataset, skip_unreadable):
+    # A NaN row means "skipped" in a skip_unreadable result, so the model must never make one.
+    with pytest.raises(ValueError, match=r"non-finite embeddings for dataset rows \[13\]"):
+        extract_embeddings(
+            _NaNModel(bad=13), dataset, tiny_processor(), batch_size=4,
+            skip_unreadable=skip_unreadable, progress=False,
+        )
+
+
+def _two_process_skipping_worker(paths: list[str], expected: np.ndarray, skipped: list[int]):
+    accelerator = Accelerator(cpu=True)
+    torch.set_num_threads(1)  # see _two_process_worker
+    got = extract_embeddings(
+        tiny_model(),
+        image_dataset(paths),
+        tiny_processor(),
+        batch_size=4,
+        accelerator=accelerator,
+        skip_unreadable=True,
+        progress=False,
+    )
+    assert np.flatnonzero(np.isnan(got).all(axis=1)).tolist() == skipped
+    np.testing.assert_allclose(np.delete(got, skipped, axis=0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_skip_unreadable_images_of_either_shard(tmp_path, fresh_accelerate_state):
+    paths = write_images(tmp_path / "images", NUM_IMAGES)
+    # Rank 0 embeds rows 0-3, 8-11, 16-19; rank 1 rows 4-7, 12-15, 20 and repeats of 0-2
+    # to even out the last round: row 1 is embedded twice, and counted once.
+    broken = {1: "truncated", 5: "16bit", 20: "missing"}
+    break_images(paths, broken)
+    expected = readable_reference(tiny_model(), paths, set(broken))
+    debug_launcher(_two_process_skipping_worker, args=(paths, expected, sorted(broken)))

@@ -14,7 +14,7 @@ from reid_transformers.models.hat import (
     scale_to_grid,
 )
 
-from .reid_model_tests import ReIDModelTests
+from .reid_model_tests import TINY_TRUNK, ReIDModelTests
 
 TINY = dict(
     image_size=(64, 32), num_identities=5, bottleneck_depth=1, tfc_hidden_sizes=(16, 24, 32),
@@ -28,8 +28,10 @@ class TestHAT(ReIDModelTests):
     alternative_image_size = (96, 32)
 
     def tiny_config(self, **overrides):
+        # The shared suite runs on the tiny trunk; this file's own tests on ResNet-50's
+        # stage widths, which their expected values spell out.
         attn = overrides.pop("attn_implementation", None)
-        config = HATConfig(**{**TINY, **overrides})
+        config = HATConfig(**{**TINY_TRUNK, **TINY, **overrides})
         if attn is not None:
             config._attn_implementation = attn
         return config
@@ -37,7 +39,7 @@ class TestHAT(ReIDModelTests):
 
 def tiny_model(**overrides):
     torch.manual_seed(0)
-    return HATModel(TestHAT().tiny_config(**overrides))
+    return HATModel(HATConfig(**{**TINY, **overrides}))
 
 
 def capture_dsa(model: HATModel, pixel_values: torch.Tensor) -> dict:
@@ -382,8 +384,19 @@ def test_without_deep_supervision_auxiliary_levels_have_no_heads_and_no_loss():
         ({"scale_factor": 0}, "scale_factor"),
         ({"last_stride": 3}, "last_stride"),
         ({"triplet_margin": 0}, "triplet_margin"),
+        ({"layer_type": "basic", "hidden_sizes": (18, 32, 64, 128)}, "divisible by 4"),
     ],
 )
 def test_bad_config_values_are_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):
         HATConfig(**overrides)
+
+
+def test_model_card_states_the_stem_and_the_recipe_of_the_released_code():
+    from reid_transformers.hub import render_model_card
+
+    plain = str(render_model_card(HATConfig(**TINY), model_name="hat"))
+    released = str(render_model_card(HATConfig(**TINY, stem_activation=False), model_name="hat"))
+    assert "ReLU after its first" in " ".join(plain.split())
+    assert "has no ReLU after its first BatchNorm" in " ".join(released.split())
+    assert "150 epochs" in plain and "on every parameter" in plain

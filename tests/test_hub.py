@@ -238,9 +238,9 @@ def test_datasets_and_base_models(tmp_path):
     ({"model_name": " "}, "model_name must be a non-empty string"),
     ({"repo_id": "tiny-la"}, r"repo_id must look like 'namespace/name'.*'tiny-la'"),
     ({"repo_id": "org/a/b"}, "repo_id must look like"),
-    ({"dataset_name": None}, "metrics need dataset_name"),
+    ({"dataset_name": None}, "metrics need the dataset they were measured on: dataset_name, "
+                             "dataset_id or data_layout"),
     ({"dataset_name": "  "}, "dataset_name must be a non-empty string"),
-    ({"metrics": None}, "reranked_metrics need metrics"),
     ({"metrics": {**METRICS, "mAP": 51.2}}, r"metrics\['mAP'\] must be a fraction in \[0, 1\]"),
     ({"metrics": {**METRICS, "mAP": float("nan")}}, "must be a fraction"),
     ({"metrics": {**METRICS, "mAP": True}}, "must be a fraction"),

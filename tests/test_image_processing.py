@@ -634,3 +634,39 @@ def test_auto_image_processor_returns_the_registered_class(tmp_path):
     assert type(loaded) is _RegistrationTestImageProcessor
     assert (loaded.size.height, loaded.size.width) == (192, 96)
     assert loaded.image_mean == (0.5, 0.5, 0.5)
+
+
+# --- zero-size images (issue 13, item 12) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(0, 16), (8, 0), (0, 0)])
+def test_zero_size_pil_images_are_rejected_like_zero_size_arrays(size):
+    width, height = size
+    with pytest.raises(ValueError, match=rf"image has zero size: PIL image of {width}x{height}"):
+        ReIDImageProcessor()(Image.new("RGB", size))
+    # In a batch the error names the image, as for arrays.
+    with pytest.raises(ValueError, match=r"images\[1\]: image has zero size"):
+        ReIDImageProcessor()([Image.new("RGB", (8, 16)), Image.new("L", size)])
+
+
+def test_unconvertible_image_file_error_names_the_file(tmp_path):
+    # A 16-bit greyscale PNG decodes (mode I;16) but has no 8-bit rendering; the error must
+    # say which file it was, not only which mode.
+    path = tmp_path / "depth.png"
+    Image.fromarray(np.full((16, 8), 40000, dtype=np.uint16)).save(path)
+    with pytest.raises(ValueError, match=r"image file '.*depth\.png': unsupported PIL image mode"):
+        ReIDImageProcessor()(str(path))
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        torch.zeros(2, 3, 0, 6, dtype=torch.uint8),
+        torch.zeros(2, 3, 6, 0, dtype=torch.uint8),
+        torch.zeros(2, 0, 6, 3, dtype=torch.uint8),
+        [torch.zeros(3, 0, 6, dtype=torch.uint8)] * 2,
+    ],
+)
+def test_zero_size_uint8_tensor_batches_raise_a_clear_error(batch):
+    with pytest.raises(ValueError, match=r"images\[0\]: image has zero size: shape"):
+        ReIDImageProcessor(size={"height": 8, "width": 4})(batch, return_tensors="pt")

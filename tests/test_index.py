@@ -421,6 +421,7 @@ def test_crash_while_swapping_keeps_previous_save(tmp_path, monkeypatch, gallery
             raise OSError("simulated crash between renames")
         real_replace(source, destination)
 
+    monkeypatch.setattr(utils_module, "_exchange", lambda *_: False)  # the two-rename path
     monkeypatch.setattr(utils_module.os, "replace", failing_replace)
     with pytest.raises(OSError, match="simulated crash"):
         _build(gallery).save(tmp_path / "saved")

@@ -12,7 +12,7 @@ from reid_transformers.models.pan import (  # noqa: I001
 )
 from reid_transformers.models.pan.modeling_pan import PartFeatureLearning
 
-from .reid_model_tests import ReIDModelTests, dead_parameters
+from .reid_model_tests import TINY_TRUNK, ReIDModelTests, dead_parameters
 
 TINY = dict(
     image_size=(64, 32), num_identities=5, spatial_hidden_size=16, pam_dim=8,
@@ -26,13 +26,15 @@ class TestPAN(ReIDModelTests):
     alternative_image_size = (96, 32)
 
     def tiny_config(self, **overrides):
+        # The shared suite runs on the tiny trunk; this file's own tests on ResNet-50's
+        # stage widths, which their expected values spell out.
         overrides.pop("attn_implementation", None)  # no attention in PAN
-        return PANConfig(**{**TINY, **overrides})
+        return PANConfig(**{**TINY_TRUNK, **TINY, **overrides})
 
 
 def tiny_model(**overrides):
     torch.manual_seed(0)
-    return PANModel(TestPAN().tiny_config(**overrides)).eval()
+    return PANModel(PANConfig(**{**TINY, **overrides})).eval()
 
 
 def test_orthogonal_loss_hand_computation_and_zero_for_orthonormal_masks():
@@ -288,7 +290,7 @@ def test_channel_attention_is_shared_per_scale_or_absent():
     torch.manual_seed(0)
     x4 = torch.randn(2, 2048, 4, 2)
     for layout, gates in (("shared", 1), ("per_scale", 3), ("none", 0)):
-        module = PartFeatureLearning(TestPAN().tiny_config(channel_attention=layout)).eval()
+        module = PartFeatureLearning(PANConfig(**TINY, channel_attention=layout)).eval()
         assert len(module.channel_attention) == gates
         parts, masks = module(x4)
         # P_j = mean_hw(c * s_j * X4), c the scale's gate (or 1 without one).
@@ -302,7 +304,7 @@ def test_channel_attention_is_shared_per_scale_or_absent():
 
 def test_learned_masks_are_one_conv_bn_relu_branch_per_scale():
     torch.manual_seed(0)
-    spatial = PartFeatureLearning(TestPAN().tiny_config()).spatial.train()
+    spatial = PartFeatureLearning(PANConfig(**TINY)).spatial.train()
     spatial(torch.randn(4, 2048, 4, 2))  # BatchNorm running statistics away from 0 / 1
     spatial.eval()
     x4 = torch.randn(2, 2048, 4, 2)

@@ -15,7 +15,7 @@ from reid_transformers.models.prct import (
     sincos_position_encoding_2d,
 )
 
-from .reid_model_tests import ReIDModelTests, dead_parameters
+from .reid_model_tests import TINY_TRUNK, ReIDModelTests, dead_parameters
 
 # 64x32 -> a 4x2 stage-4 grid: n = 1 + 8 = 9 tokens; width 32 projected from 2048.
 TINY = dict(
@@ -37,8 +37,10 @@ class TestPRCT(ReIDModelTests):
     alternative_image_size = (96, 32)  # 6x2 grid, 13 tokens: E/F and positions resized
 
     def tiny_config(self, **overrides):
+        # The shared suite runs on the tiny trunk; this file's own tests on ResNet-50's
+        # stage widths, which their expected values spell out.
         attn = overrides.pop("attn_implementation", None)
-        config = PRCTConfig(**{**TINY, **overrides})
+        config = PRCTConfig(**{**TINY_TRUNK, **TINY, **overrides})
         if attn is not None:
             config._attn_implementation = attn
         return config
@@ -46,7 +48,7 @@ class TestPRCT(ReIDModelTests):
 
 def tiny_model(**overrides):
     torch.manual_seed(0)
-    return PRCTModel(TestPRCT().tiny_config(**overrides)).eval()
+    return PRCTModel(PRCTConfig(**{**TINY, **overrides})).eval()
 
 
 # ---------------------------------------------------------------- position code
@@ -396,6 +398,7 @@ def test_optimizer_groups_keep_tokens_and_positions_out_of_weight_decay():
         ({"image_size": (8, 8)}, "16-pixel stride"),
         ({"embedding_projection_size": 0}, "embedding_projection_size must be a positive"),
         ({"embedding_projection_size": 8.0}, "embedding_projection_size must be a positive"),
+        ({"attention_scale": "sqrt"}, "attention_scale must be one of"),
     ],
 )
 def test_config_validation(overrides, message):
@@ -408,3 +411,12 @@ def test_sine_width_rule_only_applies_with_a_sine_code():
         **{**TINY, "hidden_size": 18, "num_attention_heads": 3, "position_encoding": "learned"}
     )
     assert config.hidden_size == 18
+
+
+def test_attention_scale_switch_reaches_every_layer():
+    usual, by_width = tiny_model(), tiny_model(attention_scale="width")
+    for model, expected in ((usual, (32 // 4) ** -0.5), (by_width, 32 ** -0.5)):
+        scales = [m.scaling for m in model.modules() if hasattr(m, "scaling")]
+        assert len(scales) == 2 and scales == pytest.approx([expected] * 2)
+    x = torch.randn(2, 3, 64, 32)
+    assert not torch.allclose(usual(x).embeddings, by_width(x).embeddings)

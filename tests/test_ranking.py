@@ -242,3 +242,63 @@ def test_dimension_mismatch_and_non_finite_values():
         evaluate_distance_matrix(np.full((2, 3), np.nan), [1, 2], [1, 2, 3], [0, 0], [1, 1, 1])
     with pytest.raises(ValueError, match="at least one query"):
         evaluate_distance_matrix(np.zeros((0, 3)), [], [1, 2, 3], [], [1, 1, 1])
+
+
+# --- zero vectors under cosine distance (issue 13, item 16) --------------------------------
+
+
+def _zero_vector_error(call) -> str:
+    with pytest.raises(ValueError, match="are zero vectors") as excinfo:
+        call()
+    return str(excinfo.value)
+
+
+@pytest.mark.parametrize("side", ["query", "gallery"])
+def test_zero_vector_under_cosine_is_rejected_like_the_gallery_index(side):
+    from reid_transformers.evaluation import ReIDMetric
+    from reid_transformers.retrieval import GalleryIndex
+
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(3, 4)).astype(np.float32)
+    gallery = rng.normal(size=(4, 4)).astype(np.float32)
+    (query if side == "query" else gallery)[2] = 0.0
+    labels = ([1, 2, 3], [1, 2, 3, 1], [0, 0, 0], [1, 1, 1, 1])
+    name = f"{side}_embeddings"
+    message = _zero_vector_error(lambda: evaluate_ranking(query, gallery, *labels, metric="cosine"))
+    assert message.startswith(f"{name} rows [2] are zero vectors")
+    # torch input, a chunk that does not start at row 0, the distance matrix and the metric:
+    # the same rule and the same words everywhere.
+    assert message == _zero_vector_error(
+        lambda: evaluate_ranking(
+            torch.from_numpy(query), gallery, *labels, metric="cosine", chunk_size=2
+        )
+    )
+    assert message == _zero_vector_error(lambda: pairwise_distance(query, gallery, "cosine"))
+    assert message == _zero_vector_error(
+        lambda: ReIDMetric().compute(
+            distance="cosine",
+            query_embeddings=query,
+            gallery_embeddings=gallery,
+            query_pids=labels[0],
+            gallery_pids=labels[1],
+            query_camids=labels[2],
+            gallery_camids=labels[3],
+        )
+    )
+    index = GalleryIndex(dim=4, metric="cosine")
+    assert message.replace(name, "embeddings") == _zero_vector_error(
+        lambda: index.add(query if side == "query" else gallery)
+    )
+    # Euclidean distance is defined for zero vectors.
+    evaluate_ranking(query, gallery, *labels, metric="euclidean")
+
+
+def test_zero_vector_rows_are_listed_up_to_ten():
+    gallery = np.zeros((12, 4), dtype=np.float32)
+    gallery[0] = 1.0
+    message = _zero_vector_error(
+        lambda: evaluate_ranking(
+            np.ones((1, 4)), gallery, [1], [1] * 12, [0], [1] * 12, metric="cosine"
+        )
+    )
+    assert "rows [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] ... are zero vectors" in message

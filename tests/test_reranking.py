@@ -320,7 +320,7 @@ GOOD = np.zeros((2, 4), dtype=np.float32)
         ({"lambda_value": "0.3"}, ValueError, "lambda_value must be a number"),
         ({"metric": "manhattan"}, ValueError, "metric must be one of"),
         ({"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
-        ({"metric": "cosine"}, ValueError, "zero norm"),
+        ({"metric": "cosine"}, ValueError, "are zero vectors"),
     ],
 )
 def test_invalid_inputs(kwargs: dict, error: type[Exception], match: str) -> None:

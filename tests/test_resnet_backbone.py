@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from transformers import ResNetConfig, ResNetModel
+from transformers import PreTrainedConfig, ResNetConfig, ResNetModel
 
 from reid_transformers.backbones import (
     BasicBlock,
@@ -651,3 +651,9 @@ def test_tiny_gradient_checkpointing_matches_plain_backward(
         assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
     for key, tensor in plain.state_dict().items():
         assert torch.allclose(tensor.float(), checkpointed.state_dict()[key].float()), key
+
+
+def test_config_without_the_trunk_fields_is_refused_by_name() -> None:
+    bare = PreTrainedConfig(num_channels=3, last_stride=2, frozen_batch_norm=False)
+    with pytest.raises(ValueError, match=r"lacks the ResNet trunk fields \['depths'"):
+        ResNetBackbone(bare)

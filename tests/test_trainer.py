@@ -38,9 +38,10 @@ def arguments(output_dir, **overrides):
     return ReIDTrainingArguments(**values)
 
 
-def test_training_writes_checkpoints_cards_and_logs(tmp_path, data):
+def test_training_writes_checkpoints_cards_and_logs(tmp_path, data, capfd):
     trainer = ReIDTrainer(arguments(tmp_path), data=data)
     metrics = trainer.train()
+    assert "Writing model shards" not in capfd.readouterr().err  # no transformers bars
     assert {"mAP", "rank-1", "rank-5", "mINP"} <= set(metrics)
     for name in ("best", "last"):
         folder = tmp_path / name
@@ -56,6 +57,23 @@ def test_training_writes_checkpoints_cards_and_logs(tmp_path, data):
     processor = AutoImageProcessor.from_pretrained(tmp_path / "last")
     assert model.config.num_identities == data["train"].features["pid"].num_classes
     assert processor.size["height"] == 32
+
+
+
+def test_checkpoint_cards_say_what_the_checkpoint_is_and_keep_their_inputs(tmp_path, data):
+    from reid_transformers.hub import CardInputs
+    from reid_transformers.pipelines import write_model_card
+
+    ReIDTrainer(arguments(tmp_path, epochs=2), data=data).train()
+    best = CardInputs.load(tmp_path / "best")
+    assert best.checkpoint.kind == "best" and best.checkpoint.selected_on == "test"
+    assert best.training["optimizer"] == "adam" and best.initialisation == "random"
+    assert best.dataset_name is None and best.data_layout == "synthetic"
+    card = (tmp_path / "best" / "README.md").read_text()
+    assert "test split" in card and "Learning rate" in card
+    # A later re-render (as `card --metrics` does) keeps the trainer's recipe table.
+    write_model_card(tmp_path / "best", model_name="renamed")
+    assert "Learning rate" in (tmp_path / "best" / "README.md").read_text()
 
 
 def test_blockwise_unfreezing_keeps_frozen_blocks_bit_identical(tmp_path, data):

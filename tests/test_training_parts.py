@@ -194,16 +194,35 @@ def test_arguments_from_flags_preset_and_files(tmp_path):
         parse_arguments(["--preset", "huge"])
 
 
+def test_explicit_flags_win_over_the_preset_in_either_spelling():
+    assert parse_arguments(["--preset", "aaformer", "--learning-rate", "0.1"]).learning_rate == 0.1
+    assert parse_arguments(["--preset", "aaformer", "--learning_rate=0.2"]).learning_rate == 0.2
+    assert parse_arguments(["--preset", "aaformer", "--max-steps", "7"]).max_steps == 7
+
+
+def test_every_training_argument_has_help_text():
+    import dataclasses
+
+    missing = [f.name for f in dataclasses.fields(ReIDTrainingArguments)
+               if not f.metadata.get("help")]
+    assert not missing
+
+
 def test_paper_presets_follow_their_reference_code():
     la = parse_arguments(["--preset", "la_transformer"])
     assert (la.sampler, la.batch_size, la.weight_decay_scope) == ("random", 32, "all")
     assert (la.initially_unfrozen, la.lr_decay, la.lr_decay_schedule) == (2, 0.8, "periodic")
     assert (la.crop_padding, la.erasing_probability, la.flip_probability) == (0, 0.0, 0.5)
+    # The preset's shuffled-batch size does not force the random sampler on a P x K run.
+    la_pk = parse_arguments(["--preset", "la_transformer", "--sampler", "pk"])
+    assert (la_pk.sampler, la_pk.batch_size) == ("pk", None)
     pan = parse_arguments(["--preset", "pan"])
     assert (pan.max_steps, pan.erasing_probability) == (10000, 0.5)
     for name in ("la_transformer", "aaformer", "pan", "hat", "prct"):
         assert parse_arguments(["--preset", name]).weight_decay_scope == "all", name
-    assert parse_arguments(["--preset", "tiny"]).lr_decay_schedule == "releases"
+    tiny = parse_arguments(["--preset", "tiny"])
+    assert tiny.lr_decay_schedule == "releases"
+    assert (tiny.warmup, tiny.warmup_unit, tiny.schedule_unit) == (30, "step", "epoch")
 
 
 def test_sampling_and_budget_arguments_are_checked():
@@ -223,16 +242,21 @@ def test_sampling_and_budget_arguments_are_checked():
         ReIDTrainingArguments(optimizer="lamb")
 
 
-def test_model_overrides_must_be_fields_of_the_architecture_config():
-    from reid_transformers.training.trainer import build_model_and_processor
-
-    misspelt = ReIDTrainingArguments(model="hat", model_overrides='{"tfc_depth": [1, 1, 1]}')
+def test_model_overrides_are_checked_before_anything_is_loaded():
+    # Arguments are checked when they are built, before a dataset or weights are read.
     with pytest.raises(ValueError, match=r"\['tfc_depth'\] are not fields of HATConfig"):
-        build_model_and_processor(misspelt, num_identities=5)
-    # Overrides given for one architecture are refused by another.
-    vit_on_hat = ReIDTrainingArguments(model="hat", model_overrides='{"patch_size": 8}')
-    with pytest.raises(ValueError, match="patch_size"):
-        build_model_and_processor(vit_on_hat, num_identities=5)
+        ReIDTrainingArguments(model="hat", model_overrides='{"tfc_depth": [1, 1, 1]}')
+    # Overrides given for one architecture are refused by another, naming the preset.
+    with pytest.raises(ValueError, match=r"\['patch_size'\] \(with --preset tiny\)"):
+        parse_arguments(["--preset", "tiny", "--model", "hat", "--model_overrides",
+                         '{"patch_size": 8}'])
+    # A preset that chooses the model: the overrides are checked against its architecture.
+    hat = parse_arguments(["--preset", "hat", "--model_overrides", '{"aux_lambda": 0}'])
+    assert (hat.model, json.loads(hat.model_overrides)) == ("hat", {"aux_lambda": 0})
+    with pytest.raises(ValueError, match="model_overrides must be a JSON object"):
+        ReIDTrainingArguments(model_overrides="{hidden_size: 64}")
+    with pytest.raises(ValueError, match="model_overrides must be a JSON object"):
+        ReIDTrainingArguments(model_overrides="[1, 2]")
 
 
 @pytest.mark.parametrize("architecture", ["la_transformer", "aaformer", "pan", "hat", "prct"])
@@ -249,10 +273,13 @@ def test_tiny_preset_builds_a_cpu_sized_model_of_every_architecture(architecture
     model.train()
     labels = torch.arange(8) % 4
     model(torch.randn(8, 3, 64, 32), labels=labels).loss.backward()
-    explicit = parse_arguments(
-        ["--preset", "tiny", "--model", architecture, "--model_overrides", "{}"]
+    # Explicit overrides refine the preset's key by key.
+    refined = parse_arguments(
+        ["--preset", "tiny", "--model", architecture,
+         "--model_overrides", '{"initializer_range": 0.01}']
     )
-    assert explicit.model_overrides == "{}"  # an explicit flag wins
+    merged = json.loads(refined.model_overrides)
+    assert merged["initializer_range"] == 0.01 and set(merged) > {"initializer_range"}
 
 
 def test_fine_tuning_a_checkpoint_at_another_size_keeps_its_grid_parameters(tmp_path):

@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import ctypes
+import errno
+import multiprocessing
 import os
+import signal
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,8 +38,10 @@ def test_replace_directory_new_and_existing(tmp_path):
 
 
 def test_failed_swap_restores_the_old_folder(tmp_path, monkeypatch):
+    """The two-rename path (systems without an atomic exchange) puts the old folder back."""
     target = make_folder(tmp_path / "target", "old")
     staging = make_folder(tmp_path / "staging", "new")
+    monkeypatch.setattr(utils, "_exchange", lambda *_: False)
     real_replace = os.replace
 
     def failing(source, destination):
@@ -67,3 +75,148 @@ def test_write_atomically_replaces_or_refuses_and_leaves_no_temporary(tmp_path):
         write_atomically(target, failing)
     assert target.read_bytes() == b"two"
     assert sorted(p.name for p in target.parent.iterdir()) == ["out.bin"]
+
+
+# --------------------------------------------------------------------- crash-safe swaps
+needs_exchange = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="atomic exchange is a Linux rename flag"
+)
+
+
+@needs_exchange
+def test_replacing_a_folder_never_leaves_it_missing(tmp_path, monkeypatch):
+    """Every rename of the swap is watched: ``target`` must exist after each of them."""
+    target = make_folder(tmp_path / "target", "old")
+    staging = make_folder(tmp_path / "staging", "new")
+    seen = []
+    real_replace = os.replace
+
+    def watched(source, destination):
+        real_replace(source, destination)
+        seen.append(target.is_dir())
+
+    monkeypatch.setattr(utils.os, "replace", watched)
+    replace_directory(staging, target)
+    assert (target / "file.txt").read_text() == "new"
+    assert all(seen), "the target folder was missing between two renames"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
+def _swap_and_die(staging: Path, target: Path, stage: str) -> None:
+    """Child process: swap ``staging`` into ``target`` and die by SIGKILL at ``stage``."""
+    def die(*_):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if stage == "between renames":  # the two-rename path used where no exchange exists
+        real_replace = os.replace
+        utils._exchange = lambda *_: False
+
+        def replace(source, destination):
+            if Path(source) == staging:
+                die()
+            real_replace(source, destination)
+
+        utils.os.replace = replace
+    else:  # right after the atomic exchange, before the old version is deleted
+        real_exchange = utils._exchange
+
+        def exchange(first, second):
+            swapped = real_exchange(first, second)
+            die()
+            return swapped
+
+        utils._exchange = exchange
+    replace_directory(staging, target)
+
+
+def _killed_swap(tmp_path: Path, stage: str) -> tuple[Path, Path]:
+    target = make_folder(tmp_path / "target", "old")
+    staging = utils.staging_directory(target)
+    (staging / "file.txt").write_text("new")
+    child = multiprocessing.get_context("fork").Process(
+        target=_swap_and_die, args=(staging, target, stage)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    return target, staging
+
+
+def test_a_swap_killed_between_its_renames_is_rolled_back(tmp_path):
+    target, staging = _killed_swap(tmp_path, "between renames")
+    # What the kill leaves: no target, the old version under a hidden backup name.
+    assert not target.exists()
+    (backup,) = tmp_path.glob(".target.old-*")
+    assert (backup / "file.txt").read_text() == "old"
+    utils.recover_directory(target)
+    assert (target / "file.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
+@needs_exchange
+def test_a_swap_killed_after_the_exchange_keeps_the_new_version(tmp_path):
+    target, staging = _killed_swap(tmp_path, "after exchange")
+    assert (target / "file.txt").read_text() == "new"
+    assert (staging / "file.txt").read_text() == "old"  # the old version, not yet deleted
+    utils.recover_directory(target)
+    assert (target / "file.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
+def test_recover_directory_deletes_leftovers_next_to_a_complete_folder(tmp_path):
+    target = make_folder(tmp_path / "target", "current")
+    make_folder(tmp_path / ".target.old-0123456789ab", "older")
+    make_folder(tmp_path / ".target.staging", "half written")
+    make_folder(tmp_path / "unrelated", "kept")
+    utils.recover_directory(target)
+    assert (target / "file.txt").read_text() == "current"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target", "unrelated"]
+    utils.recover_directory(tmp_path / "never-written")  # nothing to do, no error
+    assert not (tmp_path / "never-written").exists()
+
+
+def test_two_backups_without_their_folder_are_refused(tmp_path):
+    make_folder(tmp_path / ".target.old-0123456789ab", "one")
+    make_folder(tmp_path / ".target.old-ba9876543210", "two")
+    with pytest.raises(FileExistsError, match=r"2 backups of .*target.* which one is current"):
+        utils.recover_directory(tmp_path / "target")
+    assert len(list(tmp_path.iterdir())) == 2  # nothing deleted
+
+
+def test_staging_directory_is_empty_and_replaces_a_leftover(tmp_path):
+    target = tmp_path / "target"
+    leftover = make_folder(tmp_path / ".target.staging", "half written")
+    staging = utils.staging_directory(target)
+    assert staging == leftover and staging.is_dir() and not any(staging.iterdir())
+
+
+def test_fsync_file_flushes_an_existing_file_and_names_a_missing_one(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"x")
+    utils.fsync_file(path)
+    with pytest.raises(FileNotFoundError, match="data.bin"):
+        utils.fsync_file(tmp_path / "data.bin.missing")
+
+
+@needs_exchange
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.EXDEV])
+def test_exchange_falls_back_where_unsupported_and_reports_real_errors(tmp_path, monkeypatch,
+                                                                        code):
+    target = make_folder(tmp_path / "target", "old")
+    staging = make_folder(tmp_path / "staging", "new")
+    utils._exchange(staging, target)  # loads renameat2
+    utils._exchange(staging, target)  # and swaps back
+
+    def failing(*_):
+        ctypes.set_errno(code)
+        return -1
+
+    monkeypatch.setattr(utils, "_renameat2", failing)
+    if code == errno.EINVAL:  # a file system without the flag: two renames instead
+        replace_directory(staging, target)
+        assert (target / "file.txt").read_text() == "new"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+    else:
+        with pytest.raises(OSError, match=r"Invalid cross-device link: .*staging.* -> .*target"):
+            replace_directory(staging, target)
+        assert (target / "file.txt").read_text() == "old"

@@ -24,6 +24,7 @@ from transformers import (
 from transformers import initialization as init
 
 from reid_transformers.backbones import (
+    CheckpointUnavailableError,
     LoadReport,
     ViTBackbone,
     ViTEmbeddings,
@@ -853,7 +854,11 @@ def test_hub_failure_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
         raise LocalEntryNotFoundError("no cached snapshot and outgoing traffic is disabled")
 
     monkeypatch.setattr(vit_module, "snapshot_download", offline)
-    with pytest.raises(OSError, match="'someone/vit-missing'.*LocalEntryNotFoundError"):
+    monkeypatch.setattr(vit_module.hub_constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(
+        CheckpointUnavailableError,
+        match=r"'someone/vit-missing'.*LocalEntryNotFoundError.*--pretrained_backbone DIR",
+    ):
         load_vit_pretrained(ViTBackbone(_config()), "someone/vit-missing")
 
 

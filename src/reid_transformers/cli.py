@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import sys
@@ -30,9 +31,10 @@ from datasets import Dataset, DatasetDict
 from transformers import HfArgumentParser
 
 from . import __version__
-from .data import SPLITS
+from .backbones import CheckpointUnavailableError
+from .data import SPLITS, load_reid_dataset
 from .evaluation import DISTANCE_METRICS
-from .hub import HubPushError, push_to_hub
+from .hub import HubPushError, push_to_hub, save_model_card
 from .pipelines import (
     CheckpointEvaluation,
     ModelCardUpdate,
@@ -44,6 +46,7 @@ from .pipelines import (
 )
 from .retrieval.search import load_gallery, prepare_gallery_index, search_gallery
 from .training import ReIDTrainer, ReIDTrainingArguments, load_training_data, parse_arguments
+from .utils import transformers_progress_bars_disabled
 
 __all__ = ["PROG", "build_parser", "main", "run_command"]
 
@@ -60,6 +63,8 @@ _USAGE_ERRORS = (
     ValueError,
 )
 _TRACEBACK_HINT = "add --traceback before the command for the full traceback"
+# Skipped images that extract's summary names (all are logged, and stored in the file).
+_MAX_LISTED_SKIPPED = 10
 
 
 # ---------------------------------------------------------------------- argparse plumbing
@@ -104,7 +109,14 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 class _TrainerFormatter(_Formatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The trainer's flags with their defaults, under this command's description as written."""
+    """The trainer's flags with their defaults, under this command's description as written.
+
+    A default of None is not printed: the flag's help says what leaving it unset means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _ArgumentContainer(Protocol):
@@ -171,7 +183,23 @@ def _check_embedding_flags(parser: argparse.ArgumentParser, args: argparse.Names
 
 
 def _load_dataset(args: argparse.Namespace, *, progress: bool) -> DatasetDict:
-    """The dataset the trainer would use for the same dataset flags."""
+    """The dataset the trainer would use for the same dataset flags.
+
+    With ``--skip-unreadable`` a benchmark's images are not verified while loading (which
+    would stop at the first unreadable one): the embedding step finds them and leaves them
+    out. The synthetic images are generated, hence always readable.
+    """
+    if args.skip_unreadable and args.dataset != "synthetic":
+        if args.data_dir is None:
+            raise ValueError(f"--data-dir is required for dataset {args.dataset!r}")
+        return load_reid_dataset(
+            args.dataset,
+            args.data_dir,
+            merge_val=args.merge_val,
+            cuhk03_split=args.cuhk03_split,
+            verify_images="none",
+            progress=progress,
+        )
     return load_training_data(
         ReIDTrainingArguments(
             dataset=args.dataset,
@@ -198,7 +226,8 @@ class _Command:
 _TRAIN_DESCRIPTION = """\
 Train a re-ID model with ReIDTrainer (Accelerate: one CPU, one GPU or many). Every flag
 below is a field of ReIDTrainingArguments and goes to the trainer as given; --preset fills
-in a recipe (la_transformer: the paper's; tiny: a small model for CPU minutes) and explicit
+in a recipe (la_transformer, aaformer, pan, hat, prct: the paper's, as its released code ran it
+where there is one; tiny: a small model of any architecture for CPU minutes) and explicit
 flags win. A single .yaml or .json argument is read as a file of flag values. The run writes
 <output_dir>/best and <output_dir>/last (safetensors, configs, model card), metrics.jsonl
 and a resumable state/ (--resume). For several GPUs:
@@ -237,9 +266,12 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     training_args = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     trainer = ReIDTrainer(training_args)
-    metrics = trainer.train()
+    trainer.train()
     if trainer.accelerator.is_main_process:
-        print(json.dumps(metrics, indent=2))
+        # best/ and last/ may hold different epochs: print both, labelled.
+        print(json.dumps(
+            {"last": trainer.last_evaluation, "best": trainer.best_evaluation}, indent=2
+        ))
         output = Path(training_args.output_dir)
         print(f"Checkpoints: {output / 'best'}, {output / 'last'}")
     return 0
@@ -274,6 +306,17 @@ def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
         help="also write the results as JSON to PATH ('-': print them after the table)",
     )
     _add_embedding_flags(parser)
+    _add_skip_unreadable_flag(parser, "scored on the others")
+
+
+def _add_skip_unreadable_flag(parser: argparse.ArgumentParser, what_happens: str) -> None:
+    _flag(
+        parser,
+        "skip-unreadable",
+        action="store_true",
+        help="leave out images that cannot be read (missing, truncated, 16-bit) instead of "
+        f"stopping at the first: each is logged, counted and {what_happens}",
+    )
 
 
 def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -292,6 +335,7 @@ def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         num_workers=args.num_workers,
         device=args.device,
         progress=progress,
+        skip_unreadable=args.skip_unreadable,
     )
     print(result.format_table())
     if args.json == "-":
@@ -335,6 +379,7 @@ def _configure_extract(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "output", required=True, metavar="FILE.npz", help="the embeddings file")
     _flag(parser, "overwrite", action="store_true", help="replace an existing --output")
     _add_embedding_flags(parser)
+    _add_skip_unreadable_flag(parser, "listed in the file, without a row")
 
 
 def _run_extract(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -363,13 +408,23 @@ def _run_extract(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         num_workers=args.num_workers,
         device=args.device,
         progress=progress,
+        skip_unreadable=args.skip_unreadable,
     )
     path = embeddings.save(output, overwrite=args.overwrite)
-    counts = ", ".join(f"{name} {len(dataset)}" for name, dataset in splits.items())
+    rows = embeddings.splits.tolist()
+    counts = ", ".join(f"{name} {rows.count(name)}" for name in splits)
     print(
         f"Wrote {len(embeddings)} embeddings of dimension {embeddings.embeddings.shape[1]} "
         f"({counts}) to {path}"
     )
+    skipped = embeddings.skipped_paths.tolist()
+    if skipped:
+        listed = ", ".join(skipped[:_MAX_LISTED_SKIPPED])
+        more = ", ..." if len(skipped) > _MAX_LISTED_SKIPPED else ""
+        print(
+            f"Skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}: "
+            f"{listed}{more}"
+        )
     return 0
 
 
@@ -457,44 +512,68 @@ def _run_search(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 # --- card
 _CARD_DESCRIPTION = """\
 Write a checkpoint's model card (README.md) from its architecture's template: what the model
-is, how to load it, intended and out-of-scope uses, risks and legal obligations, the data,
-the metrics table and the architecture settings. --metrics takes the --json file of
+is and which weights these are, how to load it, intended and out-of-scope uses, risks and
+legal obligations, the data, the recipe, the metrics table and the architecture settings,
+every size read from the checkpoint's config. What the trainer saved beside the checkpoint
+(card_inputs.json: recipe, data, origin, metrics) is kept unless given here, and the file is
+updated with what is; without it, the metrics, dataset, model name and base model that the
+previous card's metadata records are kept. --metrics takes the --json file of
 'reid-transformers evaluate' (or a plain {"mAP": ..., "rank-1": ...} dictionary with
-fractions in [0, 1]); --repo-id makes the loading snippets name the Hub repository. Metrics,
-dataset, model name and base model that the previous card's metadata records are kept
-unless given here. The card is written to a temporary file and renamed into place.
+fractions in [0, 1]); its dataset is the folder layout the images were read in, so the card
+names a benchmark only when --dataset (or --dataset-id) names it. --repo-id makes the loading
+snippets name the Hub repository. Both files are written to temporary files and renamed into
+place.
 
 example:
   reid-transformers card --model runs/la-market/best --metrics runs/la-market/eval.json \\
-      --repo-id my-org/la-transformer-market1501
+      --dataset market1501 --repo-id my-org/la-transformer-market1501
 """
 
 
 def _configure_card(parser: argparse.ArgumentParser) -> None:
     _add_model_flag(parser, "checkpoint folder to write README.md into")
     _flag(parser, "metrics", metavar="FILE.json", help="evaluation results to put in the card")
-    _add_dataset_flag(parser, default=None)
+    _flag(
+        parser,
+        "dataset",
+        metavar="NAME",
+        help="name of the data: a benchmark (market1501, dukemtmc, occluded_duke, msmt17, "
+        "msmt17_v2, cuhk03_np) or any display name; only a name given here (or saved before) "
+        "makes the card name the data",
+    )
+    _flag(parser, "dataset-id", metavar="ORG/NAME", help="the data's Hub dataset id")
     _flag(parser, "repo-id", metavar="ORG/NAME", help="the Hub repository the card is for")
     _flag(
         parser,
         "model-name",
         metavar="NAME",
-        help="title (default: the repository's name, the previous card's, or the folder's)",
+        help="title (default: the repository's name, the saved one, or the folder's)",
     )
 
 
 def _describe_card(update: ModelCardUpdate) -> str:
-    lines = [f"Wrote {update.path} ('{update.model_name}')"]
+    verb = "Wrote" if update.written else "Rendered"
+    lines = [f"{verb} {update.path} ('{update.model_name}')"]
+    if update.dataset is not None:
+        data = update.dataset
+    elif update.data_layout is not None:
+        data = (f"{update.data_layout}-layout data, not named (the card names no benchmark; "
+                f"pass --dataset to name it)")
+    else:
+        data = None
     if update.has_metrics:
-        lines.append(f"Metrics on {update.dataset} are in the card.")
+        lines.append(f"Metrics on {data} are in the card.")
     else:
         lines.append("No metrics in the card (pass --metrics with the --json of evaluate).")
+        if data is not None:
+            lines.append(f"Data: {data}.")
     if update.kept:
-        lines.append(f"Kept from the previous card: {', '.join(update.kept)}.")
-    if update.replaced:
+        source = "saved card inputs" if update.inputs_found else "previous card"
+        lines.append(f"Kept from the {source}: {', '.join(update.kept)}.")
+    if update.replaced and not update.inputs_found:
         lines.append(
-            "The previous card's training-recipe table, if it had one, is not in its "
-            "metadata and was not kept."
+            "The previous card had no card_inputs.json beside it: its training-recipe table, "
+            "if it had one, is not in its metadata and was not kept."
         )
     return "\n".join(lines)
 
@@ -505,6 +584,7 @@ def _run_card(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         args.model,
         evaluation=evaluation,
         dataset=args.dataset,
+        dataset_id=args.dataset_id,
         repo_id=args.repo_id,
         model_name=args.model_name,
     )
@@ -518,10 +598,11 @@ Upload a checkpoint folder (weights, configs and model card) to the Hugging Face
 commit, creating the repository if needed. The folder is checked first, without any request
 (model.safetensors, config.json, preprocessor_config.json and README.md); hidden and pickled
 files are never uploaded, and files the repository already holds unchanged are not sent
-again. --update-card first re-renders README.md so that its loading snippets name the
-repository (see 'card'). Log in with 'hf auth login' or set HF_TOKEN rather than passing
---token: command lines are visible to other users of the machine. If the Hub cannot be
-reached or refuses, the error says what to do; nothing local is changed.
+again. --update-card re-renders the card so that its loading snippets name the repository
+(see 'card'), uploads that card, and replaces the local README.md with it only once the
+upload succeeded. Log in with 'hf auth login' or set HF_TOKEN rather than passing --token:
+command lines are visible to other users of the machine. If the Hub cannot be reached or
+refuses, the error says what to do; nothing local is changed.
 
 example:
   reid-transformers push --model runs/la-market/best --repo-id my-org/la-transformer-market1501 \\
@@ -538,7 +619,8 @@ def _configure_push(parser: argparse.ArgumentParser) -> None:
         parser,
         "update-card",
         action="store_true",
-        help="re-render README.md with the repository id before uploading",
+        help="upload a card re-rendered with the repository id; README.md is replaced by it "
+        "only after the upload succeeded",
     )
     _flag(
         parser,
@@ -550,21 +632,35 @@ def _configure_push(parser: argparse.ArgumentParser) -> None:
 
 def _run_push(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     folder = Path(args.model)
+    update = None
     if args.update_card:
-        print(_describe_card(write_model_card(folder, repo_id=args.repo_id)))
+        update = write_model_card(folder, repo_id=args.repo_id, save=False)
     elif folder.is_dir() and not (folder / "README.md").is_file():
         parser.error(
             f"{folder} has no README.md model card; write one with "
             f"'{PROG} card --model {folder}' or add --update-card"
         )
-    url = push_to_hub(
-        folder,
-        args.repo_id,
-        token=args.token,
-        private=args.private,
-        commit_message=args.commit_message,
-    )
+    try:
+        url = push_to_hub(
+            folder,
+            args.repo_id,
+            token=args.token,
+            private=args.private,
+            commit_message=args.commit_message,
+            card=update.card if update is not None else None,
+        )
+    except HubPushError as error:
+        if update is None:
+            raise
+        raise HubPushError(
+            f"{error} The re-rendered card was not written either: README.md is the previous "
+            f"one."
+        ) from error.__cause__
     print(f"Pushed {folder} to {args.repo_id}: {url}")
+    if update is not None:
+        # Only now: a failed upload must leave the local card as it was.
+        save_model_card(update.card, folder)
+        print(_describe_card(dataclasses.replace(update, written=True)))
     return 0
 
 
@@ -666,6 +762,9 @@ def _execute(
     show_traceback: bool,
 ) -> int:
     try:
+        if getattr(args, "no_progress", False):
+            with transformers_progress_bars_disabled():
+                return command.run(args, parser)
         return command.run(args, parser)
     except HubPushError as error:
         if show_traceback:
@@ -678,6 +777,11 @@ def _execute(
         message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
         print(f"{parser.prog}: error: {message} ({_TRACEBACK_HINT})", file=sys.stderr)
         return 2
+    except CheckpointUnavailableError as error:
+        if show_traceback:
+            raise
+        print(f"{parser.prog}: error: {error} ({_TRACEBACK_HINT})", file=sys.stderr)
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,11 @@ from collections.abc import Iterable
 
 from transformers import PreTrainedConfig
 
+#: Values of ``config.attention_scale``, the factor of the attention logits: ``"head_dim"``,
+#: ``head_dim ** -0.5`` (Vaswani et al.; every ViT); ``"width"``, ``hidden_size ** -0.5``, the
+#: token width (HAT's released code, whose attention is scaled by its width, not its heads).
+ATTENTION_SCALES = ("head_dim", "width")
+
 
 def check_positive(config: PreTrainedConfig, *names: str) -> None:
     """Every named field must be a positive int."""
@@ -161,8 +166,7 @@ class ViTReIDConfig(ReIDConfig):
             self, "patch_size", "patch_stride", "num_channels", "hidden_size",
             "num_hidden_layers", "num_attention_heads", "intermediate_size",
         )
-        # backbones.vit.ATTENTION_SCALES, spelled out: the backbones import this module.
-        check_choice(self, "attention_scale", ("head_dim", "width"))
+        check_choice(self, "attention_scale", ATTENTION_SCALES)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -183,6 +187,13 @@ class ViTReIDConfig(ReIDConfig):
             check_range(self, name, 0.0, 1.0, high_inclusive=False)
         check_range(self, "layer_norm_eps", 0.0, 1.0)
         super().__post_init__(**kwargs)
+
+
+#: Fields `ResNetReIDConfig.check_trunk_fields` reads.
+_TRUNK_FIELDS = (
+    "num_channels", "last_stride", "frozen_batch_norm", "depths", "hidden_sizes", "layer_type",
+    "stem_channels", "stem_activation",
+)
 
 
 class ResNetReIDConfig(ReIDConfig):
@@ -257,6 +268,12 @@ class ResNetReIDConfig(ReIDConfig):
         """Validate the trunk fields of ``config`` (any object with them, e.g. a model config
         or a `ConfigView`); ``ValueError`` naming the field, the value and what is accepted.
         ``image_size`` is not read: the trunk runs at any input size."""
+        missing = [name for name in _TRUNK_FIELDS if not hasattr(config, name)]
+        if missing:
+            raise ValueError(
+                f"{type(config).__name__} lacks the ResNet trunk fields {missing}; derive the "
+                "config from ResNetReIDConfig"
+            )
         check_positive(config, "num_channels", "stem_channels")
         last_stride = config.last_stride
         if type(last_stride) is not int or last_stride not in (1, 2):  # bool is an int subclass

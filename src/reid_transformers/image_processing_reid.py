@@ -58,10 +58,13 @@ SingleImage: TypeAlias = PIL.Image.Image | np.ndarray | torch.Tensor | str | os.
 ReIDImageInput: TypeAlias = SingleImage | Sequence[SingleImage]
 """One image, a list/tuple of images, or a 4-D array/tensor holding a batch."""
 
-# PIL modes that have a well-defined 8-bit RGB rendering. 16/32-bit integer ("I", "I;16*")
-# and float ("F") images have no fixed 0..255 range, and Pillow's LAB/HSV -> RGB
-# conversions are not colorimetric, so those are rejected rather than silently mangled.
-_SUPPORTED_PIL_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
+#: PIL modes that have a well-defined 8-bit RGB rendering, which the processor converts.
+#: 16/32-bit integer ("I", "I;16*") and float ("F") images have no fixed 0..255 range, and
+#: Pillow's LAB/HSV -> RGB conversions are not colorimetric, so those are rejected rather
+#: than silently mangled.
+SUPPORTED_PIL_MODES: tuple[str, ...] = (
+    "1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"
+)
 _ALPHA_PIL_MODES = ("LA", "PA", "RGBA", "RGBa")
 _ACCEPTED_CHANNELS = (1, 3, 4)
 _RETURN_TENSORS = (None, "np", "pt")
@@ -137,8 +140,9 @@ class ReIDImageProcessor(PilBackend):
         normalisation. Everything else takes the PIL path.
 
         Raises:
-            ValueError: an unsupported input (type, dtype, shape, PIL mode, non-finite or
-                out-of-range values, undecodable file) or setting; the message names it.
+            ValueError: an unsupported input (type, dtype, shape, zero size, PIL mode,
+                non-finite or out-of-range values, undecodable file) or setting; the message
+                names it (and the image's position in a batch, or its file).
             FileNotFoundError: a path that is not an existing file.
         """
         return super().preprocess(images, **kwargs)
@@ -255,7 +259,11 @@ class ReIDImageProcessor(PilBackend):
             ValueError / FileNotFoundError: as described in :meth:`preprocess`.
         """
         if isinstance(image, str | os.PathLike):
-            image = _load_image_file(image)
+            loaded = _load_image_file(image)
+            try:
+                return np.moveaxis(_pil_to_rgb(loaded), -1, 0)
+            except ValueError as error:
+                raise ValueError(f"image file {str(image)!r}: {error}") from error
         if isinstance(image, PIL.Image.Image):
             return np.moveaxis(_pil_to_rgb(image), -1, 0)
         if isinstance(image, torch.Tensor):
@@ -532,14 +540,33 @@ def _load_image_file(path: str | os.PathLike) -> PIL.Image.Image:
         raise ValueError(f"cannot decode image file {str(path)!r}: {error}") from error
 
 
-def _pil_to_rgb(image: PIL.Image.Image) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB array of a PIL image; transparency is composited onto white."""
-    if image.mode not in _SUPPORTED_PIL_MODES:
+def check_pil_image(image: PIL.Image.Image) -> None:
+    """Raise ``ValueError`` if :class:`ReIDImageProcessor` cannot convert ``image`` to RGB.
+
+    Only the mode and size are looked at, which PIL knows from the file's header: this also
+    works on an image opened with ``PIL.Image.open`` and not decoded yet (what dataset
+    verification relies on).
+
+    Raises:
+        ValueError: the image has zero width or height, or a mode outside
+            :data:`SUPPORTED_PIL_MODES` (e.g. 16-bit ``I;16``); the message says which.
+    """
+    if image.width == 0 or image.height == 0:
+        raise ValueError(
+            f"image has zero size: PIL image of {image.width}x{image.height} pixels "
+            f"(width x height)"
+        )
+    if image.mode not in SUPPORTED_PIL_MODES:
         raise ValueError(
             f"unsupported PIL image mode {image.mode!r}; expected one of "
-            f"{', '.join(_SUPPORTED_PIL_MODES)}. 16/32-bit integer and float images have no "
+            f"{', '.join(SUPPORTED_PIL_MODES)}. 16/32-bit integer and float images have no "
             f"fixed 0..255 range: scale them yourself to uint8, or to a float array in [0, 1]"
         )
+
+
+def _pil_to_rgb(image: PIL.Image.Image) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB array of a PIL image; transparency is composited onto white."""
+    check_pil_image(image)
     if image.mode in _ALPHA_PIL_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -655,12 +682,16 @@ def _uint8_tensor_batch(
 ) -> torch.Tensor | None:
     """The input as a uint8 ``(B, 3, H, W)`` tensor if it qualifies for the fast path."""
     if isinstance(images, torch.Tensor):
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[0] == 0:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.numel() == 0:
+            # Zero-size images go to the PIL path too, which names the image it refuses.
             return None
         batch = images
     elif isinstance(images, list | tuple) and images:
         if not all(
-            isinstance(item, torch.Tensor) and item.dtype == torch.uint8 and item.ndim == 3
+            isinstance(item, torch.Tensor)
+            and item.dtype == torch.uint8
+            and item.ndim == 3
+            and item.numel() > 0
             for item in images
         ):
             return None
@@ -818,4 +849,10 @@ def _batch_feature(
     return BatchFeature(data={"pixel_values": pixel_values})
 
 
-__all__ = ["ReIDImageInput", "ReIDImageProcessor", "ViTReIDImageProcessor"]
+__all__ = [
+    "SUPPORTED_PIL_MODES",
+    "ReIDImageInput",
+    "ReIDImageProcessor",
+    "ViTReIDImageProcessor",
+    "check_pil_image",
+]

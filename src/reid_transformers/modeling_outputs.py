@@ -12,8 +12,11 @@ from transformers.utils import ModelOutput
 class ReIDModelOutput(ModelOutput):
     """What a re-ID model returns.
 
-    ``embeddings`` comes first so that ``pipeline("image-feature-extraction", pool=False)``,
-    which returns the first field that is set, yields the retrieval embedding.
+    ``embeddings`` comes first, and transformers' ``pipeline("image-feature-extraction")``
+    returns the first field that is set when ``pool=False`` (its default): every ``pool``
+    setting therefore yields the retrieval embedding, ``(1, D_test)`` per image, not
+    per-token features as ``pool=False`` gives for other models. Those are in
+    ``hidden_states`` (``output_hidden_states=True``).
 
     Attributes:
         embeddings: ``(B, D_test)`` the retrieval embedding (what to index and compare).
@@ -23,7 +26,9 @@ class ReIDModelOutput(ModelOutput):
             feature extractor (``num_identities = 0``).
         features: the feature vectors the metric-learning losses use, one ``(B, d)`` tensor
             per feature, before any BNNeck.
-        hidden_states: backbone hidden states when requested.
+        hidden_states: the features before pooling, when requested: the tokens
+            ``(B, tokens, D)`` entering the first transformer layer and leaving each one, or
+            a ResNet trunk's four stage maps ``(B, C, h, w)``.
         attentions: backbone attention maps when requested (eager attention only).
     """
 

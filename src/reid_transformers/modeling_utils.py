@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .backbones import LoadReport, load_resnet_pretrained
 from .configuration_utils import ReIDConfig
@@ -18,6 +24,128 @@ TOKEN_PARAMETER_NAMES = ("cls_token", "position_embeddings", "embedding_token", 
 #: norms, biases, tokens or position tables); ``"all"``, every parameter, as the released
 #: LA-Transformer and HAT code and the TransReID / fast-reid optimizer builders do.
 WEIGHT_DECAY_SCOPES = ("weights", "all")
+
+#: How many parameter names an error about non-finite weights lists before "and N more".
+_LISTED_PARAMETERS = 5
+
+
+class CorruptCheckpointError(OSError, ValueError):
+    """A checkpoint's weights cannot be used: a weights file that is not a complete
+    safetensors file (cut short by an interrupted save, copy or download, or overwritten), or
+    weights that are not finite (NaN or infinity). The message names the file and, for
+    non-finite weights, the parameters.
+
+    An ``OSError``, as transformers' other errors about unreadable checkpoint files, and a
+    ``ValueError``, the bad-input error that the ``reid-transformers`` command reports in one
+    line.
+    """
+
+
+def check_safetensors_file(path: str | os.PathLike[str]) -> None:
+    """Check that ``path`` is a complete safetensors file: its header reads, and the tensors
+    it describes cover the file exactly. Only the header is read, not the tensor data.
+
+    Raises:
+        CorruptCheckpointError: it is not (the message names the file).
+    """
+    try:
+        with safe_open(os.fspath(path), framework="pt"):
+            pass
+    except SafetensorError as error:
+        raise CorruptCheckpointError(
+            f"weights file {path} is not a complete safetensors file ({error}); it was cut "
+            f"short or overwritten (an interrupted save, copy or download?): save or download "
+            f"the checkpoint again"
+        ) from error
+
+
+def check_saved_weights(folder: str | os.PathLike[str]) -> None:
+    """Check the safetensors weights of a checkpoint folder written by ``save_pretrained``
+    without loading them: ``model.safetensors``, or else every shard that
+    ``model.safetensors.index.json`` lists (see :func:`check_safetensors_file`). A folder with
+    neither file passes: saying what a checkpoint lacks is the caller's part.
+
+    Raises:
+        CorruptCheckpointError: a damaged weights file or an unreadable index (named).
+        FileNotFoundError: shards the index lists are missing (all named).
+    """
+    folder = Path(folder)
+    single, index = folder / SAFE_WEIGHTS_NAME, folder / SAFE_WEIGHTS_INDEX_NAME
+    if single.is_file():
+        check_safetensors_file(single)
+        return
+    if not index.is_file():
+        return
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CorruptCheckpointError(
+            f"weights index {index} is not a safetensors index (a JSON object with a "
+            f"'weight_map' of parameter names to shard files): {error!r}; save the checkpoint "
+            f"again"
+        ) from error
+    missing = [shard for shard in shards if not (folder / shard).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"checkpoint folder {folder} lacks the shard(s) {', '.join(missing)} that {index.name} "
+            f"lists; copy or download the whole folder"
+        )
+    for shard in shards:
+        check_safetensors_file(folder / shard)
+
+
+def _safetensors_keys(files: list[str]) -> dict[str, str]:
+    """Parameter name -> the safetensors file holding it (header reads only)."""
+    owners = {}
+    for file in files:
+        if file.endswith(".safetensors"):
+            with safe_open(file, framework="pt") as handle:
+                owners.update(dict.fromkeys(handle.keys(), file))
+    return owners
+
+
+def check_finite_weights(model: nn.Module, checkpoint_files: list[str] | None = None) -> None:
+    """Check that every floating-point parameter and persistent buffer of ``model`` is finite.
+
+    Tensors still on the ``meta`` device (not loaded yet) are skipped. ``checkpoint_files``,
+    the files the weights were read from, are named in the error: for safetensors files, the
+    one holding each bad parameter.
+
+    Raises:
+        CorruptCheckpointError: some values are NaN or infinite; the message names every file
+            and up to five parameters per file, with the count.
+    """
+    bad = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point()
+        and tensor.device.type != "meta"
+        and not bool(torch.isfinite(tensor).all())
+    ]
+    if not bad:
+        return
+    files = [os.fspath(file) for file in checkpoint_files or ()]
+    owners = _safetensors_keys(files)
+    fallback = (
+        f"weights files {', '.join(files)}" if files else "the state dict given to from_pretrained"
+    )
+    by_source: dict[str, list[str]] = {}
+    for name in bad:
+        source = f"weights file {owners[name]}" if name in owners else fallback
+        by_source.setdefault(source, []).append(name)
+    parts = []
+    for source, names in by_source.items():
+        listed = ", ".join(names[:_LISTED_PARAMETERS])
+        if len(names) > _LISTED_PARAMETERS:
+            listed += f" and {len(names) - _LISTED_PARAMETERS} more"
+        noun = "parameter" if len(names) == 1 else "parameters"
+        parts.append(f"{source} holds values that are not finite (NaN or infinity) in "
+                     f"{len(names)} {noun}: {listed}")
+    raise CorruptCheckpointError(
+        "; ".join(parts) + "; the checkpoint is damaged, or was saved after training "
+        "diverged: use an earlier checkpoint or save it again"
+    )
 
 
 class BNNeck(nn.Module):
@@ -73,6 +201,23 @@ class ReIDPreTrainedModel(PreTrainedModel):
     #: the batch-hard triplet); models trained with classification losses only set False and
     #: may then also train on plain shuffled batches.
     requires_identity_balanced_batches: bool = True
+
+    @staticmethod
+    def _load_pretrained_model(model, state_dict, checkpoint_files, load_config, *args, **kwargs):
+        # The one step of `from_pretrained` that sees the resolved weights files (local or
+        # from the Hub cache). safetensors names no file in its errors, and damaged tensor
+        # bytes load silently and give NaN embeddings: check both here, for every re-ID
+        # model, and name the file.
+        for file in checkpoint_files or ():
+            if os.fspath(file).endswith(".safetensors"):
+                check_safetensors_file(file)
+        loaded = PreTrainedModel._load_pretrained_model(
+            model, state_dict, checkpoint_files, load_config, *args, **kwargs
+        )
+        # Weights the checkpoint lacks are still on the meta device here and are skipped;
+        # their initialisation comes later and is finite by construction.
+        check_finite_weights(model, checkpoint_files)
+        return loaded
 
     def _resolve_output_flags(
         self, return_dict: bool | None, hidden_states: bool | None, attentions: bool | None

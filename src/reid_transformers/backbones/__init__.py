@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .vit import (
+    CheckpointUnavailableError,
     LoadReport,
     ViTBackbone,
     ViTEmbeddings,
@@ -12,6 +13,7 @@ from .vit import (
 )
 
 __all__ = [
+    "CheckpointUnavailableError",
     "LoadReport",
     "ViTBackbone",
     "ViTEmbeddings",

@@ -40,8 +40,10 @@ from typing import Literal, TypeAlias
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import constants as hub_constants
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, StrictDataclassError
+from huggingface_hub.utils import httpx as hub_httpx  # the HTTP client huggingface_hub uses
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
@@ -52,11 +54,14 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from ..configuration_utils import ATTENTION_SCALES
+
 #: A mask computed from a layer's own queries and keys, each ``(B, heads, T, head_dim)``.
 MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = [
     "ATTENTION_SCALES",
+    "CheckpointUnavailableError",
     "DropPath",
     "LoadReport",
     "SourceFormat",
@@ -80,11 +85,6 @@ StateDict: TypeAlias = Mapping[str, torch.Tensor]
 #: Standard deviation of the truncated-normal init of the class token and the position
 #: embeddings when the config has no ``initializer_range`` (the ViT / timm value).
 _DEFAULT_INIT_STD = 0.02
-
-#: Values of ``config.attention_scale``, the factor of the attention logits: ``"head_dim"``,
-#: ``head_dim ** -0.5`` (Vaswani et al.; every ViT); ``"width"``, ``hidden_size ** -0.5``, the
-#: token width (HAT's released code, whose attention is scaled by its width, not its heads).
-ATTENTION_SCALES = ("head_dim", "width")
 
 
 def _image_pair(value: object, name: str) -> tuple[int, int]:
@@ -1009,13 +1009,22 @@ def _resolve_checkpoint(source: str | os.PathLike[str], example_repo: str) -> Pa
         )
     try:
         folder = snapshot_download(text, allow_patterns=_HUB_WEIGHT_FILES)
-    except (OSError, HFValidationError) as error:
-        raise OSError(
-            f"{text!r} is not a local file or folder, and fetching it as a Hugging Face Hub "
-            f"repository failed ({type(error).__name__}: {error}). Check the id and the "
-            "network, or download the checkpoint and pass its folder"
+    except (OSError, HFValidationError, hub_httpx.HTTPError) as error:
+        reason = (
+            "HF_HUB_OFFLINE is set" if hub_constants.HF_HUB_OFFLINE
+            else " ".join(f"{type(error).__name__}: {error}".split())
+        )
+        raise CheckpointUnavailableError(
+            f"{text!r} is not a local file or folder, and fetching it from the Hugging Face Hub "
+            f"failed ({reason}). Download it where the Hub is reachable (`hf download {text} "
+            f"--local-dir DIR`) and pass DIR instead (training: --pretrained_backbone DIR), or "
+            "start from random weights (training: --pretrained_backbone '')"
         ) from error
     return Path(folder)
+
+
+class CheckpointUnavailableError(OSError):
+    """A checkpoint named by a Hub id could not be fetched (offline, no network, unknown id)."""
 
 
 def _read_hf_config(folder: Path, config_class: type[PreTrainedConfig], kind: str):

@@ -42,12 +42,17 @@ Supported layouts (see :func:`available_datasets` and ``docs/datasets.md``):
     is ``train``, ``query`` or ``gallery``; ``path`` is absolute or relative to the CSV's
     folder; ``pid`` and ``camid`` are integers used verbatim (``camid`` is *not* shifted, so
     write 0-based camera indices if you want them 0-based; it must be >= 0). Rows keep the
-    CSV's order and no junk/distractor rule is applied.
+    CSV's order and no junk/distractor rule is applied. Each image file may appear in one
+    row only: the same file in two rows (however its path is spelt) is an error naming
+    both, since one in train and in query or gallery leaks test images into training.
 
-For the folder layouts, files whose extension is not ``.jpg``, ``.jpeg`` or ``.png``
-(case-insensitive) and hidden files (name starting with ``.``, e.g. macOS ``._*`` forks)
-are ignored; e.g. the ``Thumbs.db`` files shipped with Market-1501. Files are read in sorted
-order so a dataset is identical from one load to the next.
+For the folder layouts, each split folder is searched by :func:`find_image_files`, the way
+a folder given to ``reid-transformers extract --images`` is searched: image files at any
+depth count, hidden files and folders (name starting with ``.``, e.g. macOS ``._*``
+forks) and links to folders are skipped, and files whose extension is not ``.jpg``,
+``.jpeg`` or ``.png`` (case-insensitive) are ignored, e.g. the ``Thumbs.db`` files shipped
+with Market-1501. A warning says how many entries of a split were ignored. Files are read
+in sorted order so a dataset is identical from one load to the next.
 """
 
 from __future__ import annotations
@@ -57,11 +62,11 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 from datasets import (
@@ -77,10 +82,14 @@ from datasets import (
 from PIL import Image as PILImage
 from tqdm.auto import tqdm
 
+from ..image_processing_reid import check_pil_image
+
 __all__ = [
+    "IMAGE_SUFFIXES",
     "SPLITS",
     "available_datasets",
     "describe_dataset",
+    "find_image_files",
     "load_reid_dataset",
 ]
 
@@ -92,7 +101,10 @@ Cuhk03Split = Literal["detected", "labeled"]
 #: Split names of every returned ``DatasetDict``, in this order.
 SPLITS: tuple[str, ...] = ("train", "query", "gallery")
 
-_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+#: Suffixes (any case) of the files :func:`find_image_files` takes for images by default.
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# The benchmark releases ship JPEG and PNG files only.
+_IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 _VERIFY_MODES: tuple[str, ...] = ("none", "header", "full")
 _CUHK03_SPLITS: tuple[str, ...] = ("detected", "labeled")
 # Below this many files a progress bar is noise and a thread pool costs more than it saves.
@@ -100,6 +112,15 @@ _PARALLEL_VERIFY_MIN_FILES = 1000
 _VERIFY_CHUNK = 256
 # How many unreadable files an error message lists before summarising the rest as a count.
 _MAX_LISTED_ERRORS = 10
+# How many ignored entries the warning of find_image_files names.
+_MAX_LISTED_IGNORED = 5
+# The last bytes of every complete file of a format: JPEG's end-of-image marker (MPO files
+# are JPEGs with more frames), PNG's IEND chunk.
+_END_MARKERS: dict[str, bytes] = {
+    "JPEG": b"\xff\xd9",
+    "MPO": b"\xff\xd9",
+    "PNG": b"\x00\x00\x00\x00IEND\xaeB`\x82",
+}
 
 _JUNK_PID = -1
 _SPLIT_FOLDERS: dict[str, str] = {
@@ -171,11 +192,10 @@ class _FolderLayout:
 
     def _collect_split(self, base: Path, split: str) -> list[_Record]:
         folder = base / _SPLIT_FOLDERS[split]
-        names = _list_image_files(folder, self.name, split)
         records: list[_Record] = []
         junk = distractors = 0
-        for file_name in names:
-            path = folder / file_name
+        for file_path in _list_image_files(folder, self.name, split):
+            path = Path(file_path)
             pid, camera = self._parse_name(path)
             if pid == _JUNK_PID:
                 junk += 1
@@ -183,7 +203,7 @@ class _FolderLayout:
             if pid == self.distractor_pid and split != "gallery":
                 distractors += 1
                 continue
-            records.append(_Record(os.path.abspath(path), pid, camera - 1))
+            records.append(_Record(file_path, pid, camera - 1))
         if junk or distractors:
             logger.info(
                 "%s %s: dropped %d junk (pid -1) and %d distractor (pid %s) images from %s",
@@ -375,24 +395,84 @@ def _canonical_name(name: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def find_image_files(
+    folder: str | os.PathLike[str],
+    suffixes: Iterable[str] = IMAGE_SUFFIXES,
+    *,
+    label: str | None = None,
+) -> list[str]:
+    """Every image file under ``folder``, at any depth: the rule for folders of images.
+
+    A file is an image when its suffix is one of ``suffixes`` (any case). Hidden files and
+    folders (name starting with ``.``, e.g. macOS ``._*`` forks, ``.ipynb_checkpoints``) are
+    skipped, and so are symbolic links to folders (never followed, so a link cannot loop);
+    links to files count like files. Everything skipped that way, and every file with
+    another suffix, is *ignored*: a warning names how many entries were ignored and the
+    first few, so that nothing is left out silently.
+
+    Args:
+        folder: the folder to search.
+        suffixes: lower-case suffixes with the dot, e.g. ``(".jpg", ".png")``.
+        label: what the warning calls the folder, e.g. ``"market1501 train"``; default the
+            folder's path.
+
+    Returns:
+        Absolute paths, sorted (so the order is the same from one run to the next).
+
+    Raises:
+        NotADirectoryError: ``folder`` is not a folder.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a folder; expected a folder of images")
+    shown = tuple(dict.fromkeys(suffix.lower() for suffix in suffixes))
+    wanted = frozenset(shown)
+    found: list[str] = []
+    ignored: list[str] = []
+    pending = [root]
+    while pending:
+        current = pending.pop()
+        with os.scandir(current) as entries:
+            for entry in entries:
+                relative = os.path.relpath(entry.path, root)
+                if entry.name.startswith("."):
+                    ignored.append(relative + ("/" if entry.is_dir() else ""))
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif entry.is_dir():
+                    ignored.append(relative + "/")  # a link to a folder
+                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in wanted:
+                    found.append(os.path.abspath(entry.path))
+                else:
+                    ignored.append(relative)
+    if ignored:
+        ignored.sort()
+        listed = ", ".join(ignored[:_MAX_LISTED_IGNORED])
+        more = ", ..." if len(ignored) > _MAX_LISTED_IGNORED else ""
+        logger.warning(
+            "%s: ignored %d %s under %s (hidden, linked folders, or not %s files): %s%s",
+            label or root,
+            len(ignored),
+            "entry" if len(ignored) == 1 else "entries",
+            root,
+            "/".join(shown),
+            listed,
+            more,
+        )
+    return sorted(found)
+
+
 def _list_image_files(folder: Path, dataset: str, split: str) -> list[str]:
-    """Sorted image file names directly inside ``folder`` (no recursion, hidden files skipped)."""
+    """Sorted absolute paths of the images of one split folder (see :func:`find_image_files`)."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{dataset}: folder {folder} for split {split!r} is missing")
-    with os.scandir(folder) as entries:
-        names = sorted(
-            entry.name
-            for entry in entries
-            if not entry.name.startswith(".")
-            and os.path.splitext(entry.name)[1].lower() in _IMAGE_SUFFIXES
-            and entry.is_file()
-        )
-    if not names:
+    paths = find_image_files(folder, _IMAGE_SUFFIXES, label=f"{dataset} {split}")
+    if not paths:
         raise FileNotFoundError(
             f"{dataset}: folder {folder} for split {split!r} contains no images "
-            f"(looked for {', '.join(sorted(_IMAGE_SUFFIXES))} files)"
+            f"(looked for {', '.join(_IMAGE_SUFFIXES)} files, at any depth)"
         )
-    return names
+    return paths
 
 
 def _find_root(layout: _Layout, data_dir: Path) -> Path:
@@ -447,6 +527,10 @@ def _parse_int(value: str | None, column: str, where: str) -> int:
 
 def _collect_generic(csv_path: Path) -> dict[str, list[_Record]]:
     splits: dict[str, list[_Record]] = {split: [] for split in SPLITS}
+    # The first row naming each image file, keyed by the file's real path so that another
+    # spelling ("imgs/../imgs/a.jpg", an absolute path, a symlink) is the same image.
+    first_rows: dict[str, str] = {}
+    repeats: list[str] = []
     # utf-8-sig: spreadsheet programs prepend a byte-order mark that would corrupt "path".
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
@@ -475,7 +559,23 @@ def _collect_generic(csv_path: Path) -> dict[str, list[_Record]]:
             path = csv_path.parent / Path(raw_path).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(f"generic: {where}: image {path} does not exist")
+            row = f"line {reader.line_num} ({split}, pid {pid})"
+            key = os.path.normcase(os.path.realpath(path))
+            if key in first_rows:
+                repeats.append(f"{first_rows[key]} and {row}")
+            else:
+                first_rows[key] = f"{os.path.abspath(path)}: {row}"
             splits[split].append(_Record(os.path.abspath(path), pid, camid))
+    if repeats:
+        listed = "\n".join(f"  {repeat}" for repeat in repeats[:_MAX_LISTED_ERRORS])
+        more = len(repeats) - _MAX_LISTED_ERRORS
+        suffix = f"\n  ... and {more} more" if more > 0 else ""
+        count = f"{len(repeats)} image{' appears' if len(repeats) == 1 else 's appear'}"
+        raise ValueError(
+            f"generic: {csv_path}: {count} in more than one row; each image may appear once "
+            f"(one in train and in query or gallery leaks test images into training; a repeat "
+            f"within a split counts it twice):\n{listed}{suffix}"
+        )
     for split, records in splits.items():
         if not records:
             raise ValueError(f"generic: {csv_path} has no rows with split {split!r}")
@@ -487,20 +587,36 @@ def _collect_generic(csv_path: Path) -> dict[str, list[_Record]]:
 # --------------------------------------------------------------------------------------
 
 
+def _ends_complete(handle: BinaryIO, image_format: str | None) -> bool:
+    """Whether the file ends as a complete file of its format does (True for formats
+    without an end marker to test)."""
+    marker = _END_MARKERS.get(image_format or "")
+    if marker is None:
+        return True
+    size = handle.seek(0, os.SEEK_END)
+    if size < len(marker):
+        return False
+    handle.seek(size - len(marker))
+    return handle.read(len(marker)) == marker
+
+
 def _image_problem(path: str, mode: str) -> str | None:
-    """Why ``path`` cannot serve as an image (``None`` when it can)."""
+    """Why the image processor could not read ``path`` (``None`` when it can)."""
     try:
-        with PILImage.open(path) as image:
+        with open(path, "rb") as handle, PILImage.open(handle) as image:
             # open() parses the header only; load() runs the decoder over the whole file,
-            # which is what catches truncated or corrupt pixel data.
-            if mode == "full":
+            # which is what catches truncated or corrupt pixel data. "header" decodes only
+            # the files whose last bytes are not their format's end marker: the truncated
+            # ones, and the rare complete ones with bytes after the marker, which pass.
+            if mode == "full" or not _ends_complete(handle, image.format):
                 image.load()
-            width, height = image.size
     except (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as exc:
         # PIL reports broken files through all of these (SyntaxError for bad PNG chunks).
         return f"{type(exc).__name__}: {exc}"
-    if width <= 0 or height <= 0:
-        return f"image has size {width}x{height}"
+    try:
+        check_pil_image(image)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -548,7 +664,9 @@ def _verify_images(
         suffix = f"\n  ... and {more} more" if more > 0 else ""
         raise ValueError(
             f"{dataset}: {len(problems)} of {len(paths)} image files are unreadable "
-            f"(verify_images={mode!r}):\n{listed}{suffix}"
+            f"(verify_images={mode!r}); remove or replace them, or load with "
+            f"verify_images='none' and leave them out when embedding (skip_unreadable=True, "
+            f"--skip-unreadable on the command line):\n{listed}{suffix}"
         )
 
 
@@ -604,10 +722,17 @@ def load_reid_dataset(
             For ``generic``: the CSV file, or a folder holding ``annotations.csv``.
         merge_val: MSMT17 only: add ``list_val.txt`` to ``train``.
         cuhk03_split: CUHK03-NP only: ``"detected"`` or ``"labeled"`` boxes.
-        verify_images: ``"none"``: open no image (files named by list files or the CSV
-            are still checked to exist); ``"header"``: open each file with PIL and
-            parse its header (fast, catches non-image and empty files); ``"full"``: decode
-            every image (slow, also catches truncated pixel data).
+        verify_images: which images to reject before anything else happens; every
+            rejected file is listed in one error. ``"none"``: open no image (files named by
+            list files or the CSV are still checked to exist). ``"header"``: parse each
+            file's header with PIL and check that the image processor can convert it (a
+            size above zero, a mode such as RGB, L or P; 16-bit ``I;16`` and float images
+            are rejected), and that a JPEG or PNG file ends with its end marker (a
+            truncated file does not; the rare complete file with bytes after the marker
+            is decoded to make sure). Fast: a few bytes at each end of a file. Catches
+            non-image, empty, truncated and unconvertible files. ``"full"``: the same
+            checks after decoding every image (slow; also catches corrupt pixel data in
+            the middle of a complete file, and formats without an end marker).
         progress: Show a tqdm bar while verifying; never shown for fewer than 1000 files.
         num_workers: Threads for verifying 1000 files or more. Worth raising on network file
             systems, where each open waits on the server; on a local disk the work is
@@ -620,8 +745,9 @@ def load_reid_dataset(
 
     Raises:
         ValueError: unknown ``name`` or option value; a file name, list line or CSV row
-            that does not fit the layout; a camera outside the layout's range; an unreadable
-            image; a split that is empty after dropping junk/distractors.
+            that does not fit the layout; a camera outside the layout's range; an image
+            the processor cannot read; the same image in two CSV rows; a split that is
+            empty after dropping junk/distractors.
         FileNotFoundError: ``data_dir``, the dataset root, a split folder, a list file or
             an image is missing, or a split folder contains no images.
     """

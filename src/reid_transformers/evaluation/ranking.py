@@ -34,6 +34,36 @@ DISTANCE_METRICS = ("euclidean", "cosine")
 
 # Elements of one (query chunk x gallery) distance block: 2**23 float32 = 32 MiB.
 _CHUNK_ELEMENTS = 1 << 23
+# Zero-vector rows an error lists before "...".
+_MAX_LISTED_ROWS = 10
+
+
+def reject_zero_vectors(norms: np.ndarray | torch.Tensor, name: str) -> None:
+    """Raise if a row norm is zero: the package's one rule for cosine distance.
+
+    A zero vector has no direction, so its cosine similarity to anything is undefined;
+    normalising it would give a zero row at distance 1 from everything, and it would land
+    at an arbitrary place in every ranking. Ranking refuses such rows with this message,
+    in the same words as the gallery index (re-ranking refuses them too).
+
+    Args:
+        norms: ``(N,)`` L2 norms of the rows of the embeddings called ``name``.
+        name: how the error names the embeddings, e.g. ``"query_embeddings"``.
+
+    Raises:
+        ValueError: naming ``name`` and the first ten zero rows.
+    """
+    zero = norms == 0
+    if not bool(zero.any()):
+        return
+    rows = (
+        torch.nonzero(zero).flatten() if isinstance(zero, torch.Tensor) else np.flatnonzero(zero)
+    )
+    more = " ..." if len(rows) > _MAX_LISTED_ROWS else ""
+    raise ValueError(
+        f"{name} rows {rows[:_MAX_LISTED_ROWS].tolist()}{more} are zero vectors; cosine "
+        "similarity is undefined for them (drop those rows or use metric='euclidean')"
+    )
 
 
 @dataclass
@@ -105,11 +135,16 @@ def pairwise_distance(
 
     Returns:
         ``(Q, G)`` float32 tensor; smaller means more similar.
+
+    Raises:
+        ValueError: mismatched dimensions, an unknown ``metric``, or (cosine) zero vectors
+            (see :func:`reject_zero_vectors`).
     """
     q = _as_float_tensor(query, "query")
     g = _as_float_tensor(gallery, "gallery")
     _check_dims(q, g)
     gallery_side = _GallerySide(g, metric)
+    _check_query_norms(q, metric)
     return gallery_side.distances(q, squared=False)
 
 
@@ -120,6 +155,13 @@ def _check_dims(q: torch.Tensor, g: torch.Tensor) -> None:
         )
 
 
+def _check_query_norms(query: torch.Tensor, metric: str) -> None:
+    """Apply :func:`reject_zero_vectors` to all queries at once, so rows are numbered
+    globally (queries are normalised later, one chunk at a time)."""
+    if metric == "cosine":
+        reject_zero_vectors(torch.linalg.vector_norm(query, dim=1), "query_embeddings")
+
+
 class _GallerySide:
     """Gallery embeddings prepared once (normalised or squared norms) for blocks of queries."""
 
@@ -128,7 +170,9 @@ class _GallerySide:
             raise ValueError(f"metric must be one of {DISTANCE_METRICS}, got {metric!r}")
         self.metric = metric
         if metric == "cosine":
-            self.gallery = torch.nn.functional.normalize(gallery, dim=1)
+            norms = torch.linalg.vector_norm(gallery, dim=1, keepdim=True)
+            reject_zero_vectors(norms.squeeze(1), "gallery_embeddings")
+            self.gallery = gallery / norms
         else:
             self.gallery = gallery
             self.sq_norm = gallery.pow(2).sum(1)
@@ -351,6 +395,11 @@ def evaluate_ranking(
         gallery_embeddings: ``(G, D)`` float embeddings.
         query_pids, gallery_pids, query_camids, gallery_camids: integer labels.
         metric, max_rank, chunk_size, return_per_query: see :func:`evaluate_distance_matrix`.
+
+    Raises:
+        ValueError: bad shapes or labels, NaN or infinite embeddings, an unknown ``metric``,
+            or, with ``metric="cosine"``, zero vectors (their cosine distance is undefined;
+            :func:`reject_zero_vectors` names the rows).
     """
     q = _as_float_tensor(query_embeddings, "query_embeddings")
     g = _as_float_tensor(gallery_embeddings, "gallery_embeddings")
@@ -362,6 +411,7 @@ def evaluate_ranking(
         query_pids, gallery_pids, query_camids, gallery_camids, len(q), len(g), max_rank
     )
     gallery_side = _GallerySide(g, metric)
+    _check_query_norms(q, metric)
     rows = _rows_per_chunk(len(g), chunk_size)
     chunks = (
         (s, gallery_side.distances(q[s : s + rows], squared=True)) for s in range(0, len(q), rows)

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .ranking import DISTANCE_METRICS as _METRICS
+from .ranking import reject_zero_vectors
 
 __all__ = ["k_reciprocal_rerank"]
 
@@ -136,6 +137,9 @@ def k_reciprocal_rerank(
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
     if metric not in _METRICS:
         raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+    if metric == "cosine":
+        reject_zero_vectors(torch.linalg.vector_norm(query, dim=1), "query_embeddings")
+        reject_zero_vectors(torch.linalg.vector_norm(gallery, dim=1), "gallery_embeddings")
     if chunk_size is None:
         chunk_size = _DEFAULT_CHUNK_SIZE
     _check_int("chunk_size", chunk_size, minimum=1)
@@ -199,14 +203,8 @@ def _prepare_features(features: torch.Tensor, metric: str) -> torch.Tensor:
     float32 cancellation error small for embeddings with a large common offset.
     """
     if metric == "cosine":
-        norms = torch.linalg.vector_norm(features, dim=1)
-        zero = torch.nonzero(norms == 0).flatten()
-        if zero.numel():
-            raise ValueError(
-                "metric='cosine' needs non-zero embeddings; items (queries first, then "
-                f"gallery) {zero[:10].tolist()} have zero norm"
-            )
-        features.div_(norms.unsqueeze(1))
+        # Zero rows were refused by k_reciprocal_rerank, by name (reject_zero_vectors).
+        features.div_(torch.linalg.vector_norm(features, dim=1).unsqueeze(1))
     # Any shift leaves distances unchanged, so a float32 mean is accurate enough.
     return features.sub_(features.mean(dim=0))
 

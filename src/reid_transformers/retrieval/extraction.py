@@ -12,12 +12,14 @@ Two pieces:
   image's embedding with its horizontal mirror's, optionally under autocast, and optionally
   sharded across the processes of an ``accelerate.Accelerator``. The result is always in
   dataset order: rows are placed by their ``index``, and every row number must occur
-  exactly once.
+  exactly once. With ``skip_unreadable`` an image that cannot be read is logged and its
+  row left NaN instead of ending the run (and losing the batches already embedded).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AUTOCAST_DTYPES", "ImageProcessor", "embedding_dataloader", "extract_embeddings"]
 
+logger = logging.getLogger(__name__)
+
 ImageProcessor = Callable[..., Mapping[str, Any]]
 """An image processor: ``processor(list_of_pil_images, return_tensors="pt")`` returns a
 mapping with ``pixel_values`` of shape ``(B, 3, H, W)`` (every ``ReIDImageProcessor`` and
@@ -48,6 +52,9 @@ _PATH_COLUMN = "path"
 _MAX_LISTED_ROWS = 10
 # Pillow signals undecodable files through all of these (SyntaxError for bad PNG chunks).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError)
+_SKIP_HINT = "skip_unreadable=True (--skip-unreadable on the command line) leaves such images out"
+# Size of the blank image that stands in for unreadable ones in an all-unreadable batch.
+_STAND_IN_SIZE = (64, 128)
 
 
 class _DecodeAndPreprocess:
@@ -56,9 +63,17 @@ class _DecodeAndPreprocess:
     It runs inside the DataLoader workers, so it must be picklable: it holds the dataset
     (Arrow tables pickle by reference to their memory-mapped files, or by value when in
     memory) and the processor, both picklable.
+
+    With ``skip_unreadable`` an image that cannot be decoded or preprocessed does not end
+    the run: a readable image of the batch (or a blank one) stands in for it, so every
+    batch keeps its size (which the per-batch gathers of a distributed run need), its
+    ``readable`` entry is False, and the reason goes back in ``problems`` for the main
+    process to log.
     """
 
-    def __init__(self, dataset: Dataset, processor: ImageProcessor) -> None:
+    def __init__(
+        self, dataset: Dataset, processor: ImageProcessor, skip_unreadable: bool = False
+    ) -> None:
         feature = dataset.features[_IMAGE_COLUMN]
         columns = [_IMAGE_COLUMN]
         if _PATH_COLUMN in dataset.column_names:
@@ -75,52 +90,100 @@ class _DecodeAndPreprocess:
         )
         self._decoder = ImageFeature(mode=feature.mode, decode=True)
         self._processor = processor
+        self._skip_unreadable = skip_unreadable
 
-    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def __call__(self, indices: list[int]) -> dict[str, Any]:
         rows = self._rows[indices]
         names = [
             _describe(index, value, rows[_PATH_COLUMN][i] if _PATH_COLUMN in rows else None)
             for i, (index, value) in enumerate(zip(indices, rows[_IMAGE_COLUMN], strict=True))
         ]
+        problems: list[str] = []
         images = [
-            self._decode(value, name)
+            self._decode(value, name, problems)
             for value, name in zip(rows[_IMAGE_COLUMN], names, strict=True)
         ]
+        pixel_values = self._preprocess(images, names, problems)
         return {
-            "pixel_values": self._preprocess(images, names),
+            "pixel_values": pixel_values,
             "index": torch.tensor(indices, dtype=torch.int64),
+            "readable": torch.tensor([image is not None for image in images], dtype=torch.bool),
+            "problems": problems,
         }
 
-    def _decode(self, value: Mapping[str, Any] | None, name: str) -> PIL.Image.Image:
+    def _unreadable(
+        self,
+        error_type: type[Exception],
+        message: str,
+        cause: BaseException | None,
+        problems: list[str],
+    ) -> None:
+        """Note an image that cannot be read: in ``problems`` when skipping such images,
+        else raised as ``error_type`` with a hint on how to skip them."""
+        if not self._skip_unreadable:
+            raise error_type(f"{message}; {_SKIP_HINT}") from cause
+        problems.append(message)
+
+    def _decode(
+        self, value: Mapping[str, Any] | None, name: str, problems: list[str]
+    ) -> PIL.Image.Image | None:
+        """The decoded image, or None for one that is skipped."""
         if value is None:
-            raise ValueError(f"{name} has no image (the image cell is empty)")
+            message = f"{name} has no image (the image cell is empty)"
+            return self._unreadable(ValueError, message, None, problems)
         try:
             return self._decoder.decode_example(dict(value))
         except FileNotFoundError as error:
-            raise FileNotFoundError(f"{name}: image file not found ({error})") from error
+            message = f"{name}: image file not found ({error})"
+            return self._unreadable(FileNotFoundError, message, error, problems)
         except _DECODE_ERRORS as error:
-            raise ValueError(f"cannot decode {name}: {type(error).__name__}: {error}") from error
+            message = f"cannot decode {name}: {type(error).__name__}: {error}"
+            return self._unreadable(ValueError, message, error, problems)
 
-    def _preprocess(self, images: list[PIL.Image.Image], names: list[str]) -> torch.Tensor:
+    def _preprocess(
+        self, images: list[PIL.Image.Image | None], names: list[str], problems: list[str]
+    ) -> torch.Tensor:
+        """``pixel_values`` of the batch; images the processor refuses become None (when
+        skipping) or end the run, named."""
         try:
-            pixel_values = self._processor(images, return_tensors="pt")["pixel_values"]
+            pixel_values = self._processor(_with_stand_ins(images), return_tensors="pt")
         except ValueError as batch_error:
             # The processor names the problem (e.g. an unsupported 16-bit PIL mode) but not
-            # the file; find the image it fails on so the error can name it. Only the
+            # the file; find the images it fails on so the error can name them. Only the
             # failing path pays for this.
-            for image, name in zip(images, names, strict=True):
+            refused = False
+            for position, (image, name) in enumerate(zip(images, names, strict=True)):
+                if image is None:
+                    continue
                 try:
                     self._processor(image, return_tensors="pt")
                 except ValueError as error:
-                    raise ValueError(f"cannot preprocess {name}: {error}") from error
-            raise batch_error
-        pixel_values = torch.as_tensor(pixel_values, dtype=torch.float32)
+                    message = f"cannot preprocess {name}: {error}"
+                    images[position] = self._unreadable(ValueError, message, error, problems)
+                    refused = True
+            if not refused:
+                raise batch_error  # a problem of the batch as a whole, not of one image
+            pixel_values = self._processor(_with_stand_ins(images), return_tensors="pt")
+        pixel_values = torch.as_tensor(pixel_values["pixel_values"], dtype=torch.float32)
         if pixel_values.ndim != 4 or pixel_values.shape[0] != len(images):
             raise ValueError(
                 f"the processor returned pixel_values of shape {tuple(pixel_values.shape)} for "
                 f"{len(images)} images; expected (B, 3, H, W) with B = {len(images)}"
             )
         return pixel_values
+
+
+def _with_stand_ins(images: list[PIL.Image.Image | None]) -> list[PIL.Image.Image]:
+    """``images`` with every None (an unreadable image) replaced by a stand-in.
+
+    The stand-in's embedding is dropped, so any image the processor takes will do; a
+    readable image of the same batch also fits processors that need one size per batch.
+    """
+    readable = [image for image in images if image is not None]
+    if len(readable) == len(images):
+        return readable
+    stand_in = readable[0] if readable else PIL.Image.new("RGB", _STAND_IN_SIZE)
+    return [stand_in if image is None else image for image in images]
 
 
 def _describe(index: int, value: Mapping[str, Any] | None, path: str | None) -> str:
@@ -138,16 +201,19 @@ def embedding_dataloader(
     *,
     batch_size: int = 64,
     num_workers: int = 0,
+    skip_unreadable: bool = False,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` yielding preprocessed batches with their row numbers.
 
     Rows are read in dataset order (no shuffling, no dropped last batch). Each batch is
-    ``{"pixel_values": (B, 3, H, W) float32 tensor, "index": (B,) int64 tensor}``, where
-    ``index`` holds the dataset row numbers of the batch (what :func:`extract_embeddings`
-    uses to put sharded, gathered results back in order) and ``H, W`` is the processor's
-    output size. Images are decoded with the dataset's ``datasets.Image`` feature (its
-    ``mode`` honoured; any format or transform set on the dataset is ignored) and
-    preprocessed with ``processor``, both inside the loader's workers.
+    ``{"pixel_values": (B, 3, H, W) float32 tensor, "index": (B,) int64 tensor,
+    "readable": (B,) bool tensor, "problems": list of str}``, where ``index`` holds the
+    dataset row numbers of the batch (what :func:`extract_embeddings` uses to put sharded,
+    gathered results back in order) and ``H, W`` is the processor's output size. Images are
+    decoded with the dataset's ``datasets.Image`` feature (its ``mode`` honoured; any format
+    or transform set on the dataset is ignored) and preprocessed with ``processor``, both
+    inside the loader's workers. ``readable`` is all True and ``problems`` empty unless
+    ``skip_unreadable`` let an image through that could not be read.
 
     Args:
         dataset: a ``datasets.Dataset`` with an ``image`` column of type ``datasets.Image``
@@ -158,12 +224,16 @@ def embedding_dataloader(
             ``ReIDImageProcessor``.
         batch_size: images per batch, >= 1.
         num_workers: DataLoader worker processes; 0 decodes in the main process.
+        skip_unreadable: instead of raising for an image that cannot be read (missing,
+            undecodable, e.g. truncated, or refused by the processor, e.g. 16-bit), keep
+            the batch's size with a stand-in image in its place, mark it False in
+            ``readable`` and give the reason, naming the image, in ``problems``.
 
     Returns:
         ``torch.utils.data.DataLoader`` with ``len(loader) == ceil(len(dataset) /
-        batch_size)``. Iterating it raises ``FileNotFoundError`` for a missing image file
-        and ``ValueError`` for an undecodable or unprocessable one, naming the image's path
-        and row.
+        batch_size)``. Without ``skip_unreadable``, iterating it raises
+        ``FileNotFoundError`` for a missing image file and ``ValueError`` for an
+        undecodable or unprocessable one, naming the image's path and row.
 
     Raises:
         TypeError: ``dataset`` is not a ``datasets.Dataset`` (a ``DatasetDict`` must be
@@ -199,7 +269,7 @@ def embedding_dataloader(
         shuffle=False,
         drop_last=False,
         num_workers=num_workers,
-        collate_fn=_DecodeAndPreprocess(dataset, processor),
+        collate_fn=_DecodeAndPreprocess(dataset, processor, skip_unreadable),
     )
 
 
@@ -215,6 +285,7 @@ def extract_embeddings(
     dtype: torch.dtype | None = None,
     accelerator: Accelerator | None = None,
     progress: bool = True,
+    skip_unreadable: bool = False,
 ) -> np.ndarray:
     """Embed every image of a dataset with a re-ID model; rows in dataset order.
 
@@ -256,9 +327,18 @@ def extract_embeddings(
             array. Call it on every process.
         progress: show a tqdm bar over batches (only on the main process with an
             accelerator).
+        skip_unreadable: with a dataset, images that cannot be read (missing, undecodable
+            such as a truncated JPEG, or refused by the processor such as a 16-bit PNG) do
+            not end the run and lose the work done: each is logged (a warning naming the
+            file, row and reason) and its row of the result is NaN; a last warning counts
+            them. Without it the first such image raises. Not used with a DataLoader,
+            whose ``readable`` entries (see :func:`embedding_dataloader`) are honoured the
+            same way.
 
     Returns:
         ``(N, D)`` float32 numpy array; row ``i`` is the embedding of dataset row ``i``.
+        Every row is finite except those of skipped images, which are all NaN, so
+        ``np.isnan(result).any(axis=1)`` marks exactly the skipped rows.
 
     Raises:
         TypeError: a wrong type for ``dataset_or_dataloader``, ``dtype`` or ``processor``.
@@ -266,7 +346,8 @@ def extract_embeddings(
             ``accelerator``, an unsupported ``dtype``, a batch without ``pixel_values`` /
             ``index`` or with bad shapes, a model output without ``(B, D)`` ``embeddings``,
             a loader that yields nothing, or row numbers that are not each of ``0..N-1``
-            exactly once (``N`` = the loader's dataset size). Errors of
+            exactly once (``N`` = the loader's dataset size), or non-finite embeddings
+            of a readable image (damaged weights, a float16 overflow). Errors of
             :func:`embedding_dataloader` (unreadable images) pass through.
     """
     if isinstance(dataset_or_dataloader, DataLoader):
@@ -280,7 +361,11 @@ def extract_embeddings(
         if processor is None:
             raise ValueError("a processor is required to embed a datasets.Dataset")
         loader = embedding_dataloader(
-            dataset_or_dataloader, processor, batch_size=batch_size, num_workers=num_workers
+            dataset_or_dataloader,
+            processor,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            skip_unreadable=skip_unreadable,
         )
     else:
         raise TypeError(
@@ -311,6 +396,7 @@ def extract_embeddings(
     model.eval()
     embedding_chunks: list[torch.Tensor] = []
     index_chunks: list[torch.Tensor] = []
+    readable_chunks: list[torch.Tensor] = []
     try:
         with torch.inference_mode():
             for batch in tqdm(
@@ -320,7 +406,9 @@ def extract_embeddings(
                 unit="batch",
                 disable=not show_progress,
             ):
-                pixel_values, index = _unpack(batch)
+                pixel_values, index, readable = _unpack(batch)
+                for problem in batch.get("problems", ()):
+                    logger.warning("skipped an unreadable image: %s", problem)
                 pixel_values = pixel_values.to(target, non_blocking=True)
                 embeddings = _embed(model, pixel_values, dtype)
                 if flip:
@@ -329,20 +417,37 @@ def extract_embeddings(
                 if accelerator is not None:
                     # The row numbers travel with the embeddings, so the order of the
                     # gathered rows does not matter: they are put in place by index below.
-                    embeddings, index = accelerator.gather_for_metrics(
-                        (embeddings, index.to(target))
+                    # (uint8: not every collective backend gathers bool tensors.)
+                    embeddings, index, readable = accelerator.gather_for_metrics(
+                        (embeddings, index.to(target), readable.to(target, torch.uint8))
                     )
                 embedding_chunks.append(embeddings.cpu())
                 index_chunks.append(index.cpu())
+                readable_chunks.append(readable.cpu().bool())
     finally:
         for module, training in modes:
             module.training = training
 
     if not embedding_chunks:
         raise ValueError("the DataLoader yielded no batches: there is nothing to embed")
-    return _in_row_order(
-        torch.cat(embedding_chunks).numpy(), torch.cat(index_chunks).numpy(), expected_rows
-    )
+    index = torch.cat(index_chunks).numpy()
+    ordered = _in_row_order(torch.cat(embedding_chunks).numpy(), index, expected_rows)
+    readable = np.empty(len(ordered), dtype=bool)
+    readable[index] = torch.cat(readable_chunks).numpy()
+    broken = np.flatnonzero(readable & ~np.isfinite(ordered).all(axis=1))
+    if broken.size:
+        more = " ..." if broken.size > _MAX_LISTED_ROWS else ""
+        raise ValueError(
+            f"the model returned non-finite embeddings for dataset rows "
+            f"{broken[:_MAX_LISTED_ROWS].tolist()}{more} ({broken.size} of {len(ordered)}); "
+            f"check the checkpoint's weights, or run without dtype=torch.float16, which can "
+            f"overflow"
+        )
+    skipped = int((~readable).sum())
+    if skipped:
+        ordered[~readable] = np.nan
+        logger.warning("skipped %d of %d images that could not be read", skipped, len(ordered))
+    return ordered
 
 
 def _check_int(value: object, name: str, *, minimum: int) -> None:
@@ -397,7 +502,8 @@ def _shard(loader: DataLoader, accelerator: Accelerator) -> DataLoader:
     )
 
 
-def _unpack(batch: object) -> tuple[torch.Tensor, torch.Tensor]:
+def _unpack(batch: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``pixel_values``, ``index`` and ``readable`` (all True when the loader has none)."""
     if not isinstance(batch, Mapping) or "pixel_values" not in batch or "index" not in batch:
         keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
         raise ValueError(
@@ -418,7 +524,16 @@ def _unpack(batch: object) -> tuple[torch.Tensor, torch.Tensor]:
             f"batch['index'] must be a ({pixel_values.shape[0]},) integer tensor matching "
             f"pixel_values {tuple(pixel_values.shape)}, got {index.dtype} {tuple(index.shape)}"
         )
-    return pixel_values, index.to(torch.int64)
+    readable = batch.get("readable")
+    if readable is None:
+        readable = torch.ones(len(index), dtype=torch.bool)
+    readable = torch.as_tensor(readable)
+    if readable.shape != index.shape or readable.dtype != torch.bool:
+        raise ValueError(
+            f"batch['readable'] must be a ({len(index)},) bool tensor, got {readable.dtype} "
+            f"{tuple(readable.shape)}"
+        )
+    return pixel_values, index.to(torch.int64), readable
 
 
 def _embed(

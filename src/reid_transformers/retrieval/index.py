@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 import torch
 
+from ..evaluation.ranking import reject_zero_vectors
 from ..utils import fsync_directory, replace_directory
 
 __all__ = [
@@ -556,13 +557,7 @@ class GalleryIndex:
             )
         if self._metric == "cosine":
             norms = np.linalg.norm(array, axis=1)
-            zero = np.flatnonzero(norms == 0)
-            if zero.size:
-                raise ValueError(
-                    f"{name} rows {zero[:10].tolist()}{' ...' if zero.size > 10 else ''} are "
-                    "zero vectors; cosine similarity is undefined for them (drop those rows "
-                    "or use metric='euclidean')"
-                )
+            reject_zero_vectors(norms, name)
             array /= norms[:, None]
         return array
 

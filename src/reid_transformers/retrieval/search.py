@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, Features, Image, Value, load_from_disk
 
+from ..data.datasets import IMAGE_SUFFIXES, find_image_files
 from .extraction import ImageProcessor, extract_embeddings
 from .index import GalleryIndex
 from .visualization import save_ranked_list
@@ -44,7 +45,6 @@ __all__ = [
 ]
 
 #: File name suffixes (any case) that :func:`image_folder_dataset` treats as images.
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Market-1501, DukeMTMC-reID, MSMT17 and the synthetic dataset all start names this way.
 _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 #: A reused index must return the first gallery image's fresh embedding with at least this
@@ -75,8 +75,10 @@ def market_style_ids(path: str | os.PathLike[str]) -> tuple[int, int]:
 def image_folder_dataset(folder: str | os.PathLike[str]) -> Dataset:
     """Every image under ``folder`` as a dataset, with identities parsed from the file names.
 
-    Images are found recursively (suffixes :data:`IMAGE_SUFFIXES`, any case), hidden files and
-    folders skipped, and sorted by absolute path, so the row order is stable across runs.
+    Images are found as `reid_transformers.data.datasets.find_image_files` finds them
+    (recursively, suffixes :data:`IMAGE_SUFFIXES` in any case, hidden files and folders and
+    links to folders skipped, a warning counting what was ignored), sorted by absolute path,
+    so the row order is stable across runs.
 
     Returns:
         A ``Dataset`` with columns ``image`` (lazily decoded ``datasets.Image``), ``pid`` and
@@ -89,12 +91,10 @@ def image_folder_dataset(folder: str | os.PathLike[str]) -> Dataset:
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder; expected a folder of images")
+    # The one rule for folders of images (benchmark splits use it too); resolved paths, as
+    # saved gallery indexes store them.
     paths = sorted(
-        str(path.resolve())
-        for path in folder.rglob("*")
-        if path.suffix.lower() in IMAGE_SUFFIXES
-        and path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        str(Path(path).resolve()) for path in find_image_files(folder, label=str(folder))
     )
     if not paths:
         raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
@@ -124,6 +124,8 @@ def load_gallery(source: str | os.PathLike[str]) -> Dataset:
 
     Returns:
         A ``Dataset`` with at least the columns ``image``, ``pid``, ``camid`` and ``path``.
+        No image is opened here: an unreadable one shows up when the gallery is embedded,
+        where ``extract_embeddings(..., skip_unreadable=True)`` can leave it out.
 
     Raises:
         FileNotFoundError: ``source`` does not exist, or holds no image files.

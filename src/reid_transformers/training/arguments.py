@@ -8,8 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import PreTrainedConfig
+
+from ..data import available_datasets
+from ..hub import CardInputs
 from ..modeling_utils import WEIGHT_DECAY_SCOPES
+from ..models import ARCHITECTURES
 from .unfreezing import LR_DECAY_SCHEDULES
+
+_CONFIGS = {config.model_type: config for config, _, _ in ARCHITECTURES}
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -46,6 +53,19 @@ class ReIDTrainingArguments:
     data_dir: str | None = field(
         default=None, metadata={"help": "dataset root (not needed for synthetic)"}
     )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "the data's name for the model card: a benchmark (market1501, dukemtmc, "
+            "occluded_duke, msmt17, msmt17_v2, cuhk03_np) or any display name; without it (or "
+            "--dataset_id) the card calls the data a custom dataset in the --dataset layout "
+            "and names no benchmark (--dataset synthetic names itself)"
+        },
+    )
+    dataset_id: str | None = field(
+        default=None,
+        metadata={"help": "the data's Hub dataset id, for the card's metadata (it names the data)"},
+    )
     cuhk03_split: str = field(
         default="detected", metadata={"help": "cuhk03_np: detected or labeled boxes"}
     )
@@ -60,7 +80,7 @@ class ReIDTrainingArguments:
         },
     )
     image_size: list[int] | None = field(
-        default=None, metadata={"help": "input height width, e.g. 256 128 (default: the model's)"}
+        default=None, metadata={"help": "input height width, e.g. 256 128 (none: the model's)"}
     )
     model_overrides: str | None = field(
         default=None,
@@ -70,7 +90,7 @@ class ReIDTrainingArguments:
     )
 
     # schedule
-    epochs: int = 30
+    epochs: int = field(default=30, metadata={"help": "training epochs (ignored with --max_steps)"})
     max_steps: int = field(
         default=0,
         metadata={
@@ -89,10 +109,12 @@ class ReIDTrainingArguments:
     instances_per_identity: int = field(default=4, metadata={"help": "K of the P x K batch"})
     batch_size: int | None = field(
         default=None,
-        metadata={"help": "images per batch with --sampler random (default: P x K)"},
+        metadata={"help": "images per batch with --sampler random (none: P x K)"},
     )
     optimizer: str = field(default="adam", metadata={"help": "sgd, adam or adamw"})
-    learning_rate: float = 3e-4
+    learning_rate: float = field(
+        default=3e-4, metadata={"help": "base learning rate of the new layers"}
+    )
     trunk_lr_factor: float = field(
         default=1.0,
         metadata={"help": "learning-rate multiplier of the pretrained trunk (e.g. 0.1 for PAN)"},
@@ -103,7 +125,9 @@ class ReIDTrainingArguments:
             "help": "learning-rate multiplier of transformer layers on a CNN trunk (0.5 for HAT)"
         },
     )
-    weight_decay: float = 5e-4
+    weight_decay: float = field(
+        default=5e-4, metadata={"help": "L2 penalty (Adam, SGD) or decoupled decay (AdamW)"}
+    )
     weight_decay_scope: str = field(
         default="weights",
         metadata={
@@ -111,28 +135,52 @@ class ReIDTrainingArguments:
             "biases, norms and tokens (the paper presets' reference code)"
         },
     )
-    momentum: float = 0.9
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
     scheduler: str = field(default="cosine", metadata={"help": "cosine, multistep or constant"})
     schedule_unit: str = field(default="epoch", metadata={"help": "epoch or step"})
     warmup: int = field(
-        default=0, metadata={"help": "warm-up length in warmup_unit (default: schedule_unit)"}
+        default=0,
+        metadata={
+            "help": "linear warm-up from warmup_factor x the rate, counted in warmup_unit; with "
+            "the epoch unit the rate changes once per epoch, so a 1-epoch warm-up runs the "
+            "whole first epoch at warmup_factor x (use warmup_unit step for a smooth ramp)"
+        },
     )
     warmup_unit: str | None = field(
-        default=None, metadata={"help": "epoch or step (default: schedule_unit)"}
+        default=None,
+        metadata={"help": "epoch or step (none: schedule_unit); fast-reid warms up per step"},
     )
-    warmup_factor: float = 0.01
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float | None = None
+    warmup_factor: float = field(
+        default=0.01, metadata={"help": "learning-rate multiplier at the start of the warm-up"}
+    )
+    milestones: list[int] = field(
+        default_factory=list, metadata={"help": "multistep decay points, in schedule_unit"}
+    )
+    gamma: float = field(default=0.1, metadata={"help": "multistep decay factor at each milestone"})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "batches per optimizer step"}
+    )
+    max_grad_norm: float | None = field(
+        default=None, metadata={"help": "clip the gradient norm to this (none: no clipping)"}
+    )
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16"})
-    seed: int = 0
+    seed: int = field(
+        default=0, metadata={"help": "seed of the model init, sampling and augmentation"}
+    )
 
     # blockwise fine-tuning
-    blockwise_unfreezing: bool = False
-    unfreeze_every: int = 2
-    lr_decay: float = 0.8
-    initially_unfrozen: int = 1
+    blockwise_unfreezing: bool = field(
+        default=False,
+        metadata={"help": "train trunk blocks top-down, one more every unfreeze_every epochs"},
+    )
+    unfreeze_every: int = field(default=2, metadata={"help": "epochs between two block releases"})
+    lr_decay: float = field(
+        default=0.8,
+        metadata={"help": "blockwise: learning-rate factor per decay (see lr_decay_schedule)"},
+    )
+    initially_unfrozen: int = field(
+        default=1, metadata={"help": "blockwise: trunk blocks that train from the first epoch"}
+    )
     lr_decay_schedule: str = field(
         default="periodic",
         metadata={
@@ -142,9 +190,12 @@ class ReIDTrainingArguments:
     )
 
     # augmentation
-    flip_probability: float = 0.5
-    crop_padding: int = 10
-    erasing_probability: float = 0.0
+    flip_probability: float = field(default=0.5, metadata={"help": "horizontal flip probability"})
+    crop_padding: int = field(
+        default=10,
+        metadata={"help": "pad by this many pixels, then crop back at a random offset (0: off)"},
+    )
+    erasing_probability: float = field(default=0.0, metadata={"help": "random erasing probability"})
     random_patch_probability: float = field(
         default=0.0, metadata={"help": "paste a patch of another batch image (fast-reid)"}
     )
@@ -157,29 +208,68 @@ class ReIDTrainingArguments:
     eval_every: int = field(
         default=1, metadata={"help": "epochs between evaluations (0: at the end only)"}
     )
-    eval_flip: bool = False
-    eval_rerank: bool = False
-    distance: str = "cosine"
-    num_workers: int = 0
-    batch_size_eval: int = 64
+    eval_flip: bool = field(
+        default=False,
+        metadata={"help": "evaluate on the average of each image's and its mirror's embedding"},
+    )
+    eval_rerank: bool = field(
+        default=False, metadata={"help": "evaluate with k-reciprocal re-ranking"}
+    )
+    distance: str = field(default="cosine", metadata={"help": "cosine or euclidean"})
+    num_workers: int = field(
+        default=0, metadata={"help": "image-decoding processes (0: in the main process)"}
+    )
+    batch_size_eval: int = field(
+        default=64, metadata={"help": "images per batch when embedding query and gallery"}
+    )
     resume: bool = field(default=False, metadata={"help": "continue from output_dir/state"})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "delete the previous run in output_dir (state, best, last, metrics.jsonl, "
+            "training_args.json) and start again; without it such a folder is refused"
+        },
+    )
+    max_minutes: float = field(
+        default=0.0,
+        metadata={
+            "help": "wall-clock budget: stop after the optimizer step that exceeds this many "
+            "minutes, then evaluate and save as at the last epoch (0: off)"
+        },
+    )
     push_to_hub: bool = field(
         default=False,
         metadata={"help": "upload the best checkpoint (weights, configs, card) to --hub_model_id"},
     )
     hub_model_id: str | None = field(default=None, metadata={"help": "namespace/name on the Hub"})
-    hub_private: bool = False
+    hub_private: bool = field(
+        default=False, metadata={"help": "create the Hub repository as private"}
+    )
     hub_token: str | None = field(
-        default=None, metadata={"help": "Hub token (default: the one saved by `hf auth login`)"}
+        default=None, metadata={"help": "Hub token (none: the one saved by `hf auth login`)"}
     )
     report_to: list[str] = field(
         default_factory=list, metadata={"help": "accelerate trackers, e.g. tensorboard wandb"}
     )
-    progress: bool = True
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self) -> None:
+        # Checked here, before any dataset or weights are loaded; with a preset, once it is
+        # applied (it may choose the model: apply_preset).
+        overrides = parse_model_overrides(self.model_overrides)
+        if self.model in _CONFIGS and self.preset is None:
+            check_model_overrides(_CONFIGS[self.model], overrides)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.dataset != "synthetic" and self.dataset not in available_datasets():
+            raise ValueError(
+                f"unknown dataset {self.dataset!r}; expected 'synthetic' or one of "
+                f"{available_datasets()}"
+            )
+        # The card's description of the data, checked before anything is loaded.
+        CardInputs(
+            dataset_name=self.dataset_name, dataset_id=self.dataset_id, data_layout=self.dataset
+        )
         if self.cuhk03_split not in ("detected", "labeled"):
             raise ValueError(
                 f"cuhk03_split must be 'detected' or 'labeled', got {self.cuhk03_split!r}"
@@ -237,8 +327,38 @@ class ReIDTrainingArguments:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-# Paper recipes and a CPU-sized one. Only fields that differ from the dataclass defaults
-# are listed; docs/reproducing.md gives the source of every value.
+def parse_model_overrides(text: str | None) -> dict[str, Any]:
+    """``--model_overrides`` as a dict (``{}`` for None); ValueError unless a JSON object."""
+    if text is None:
+        return {}
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"model_overrides must be a JSON object, got {text!r}: {error}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"model_overrides must be a JSON object, got {text!r}")
+    return overrides
+
+
+def check_model_overrides(
+    config_class: type[PreTrainedConfig], overrides: dict[str, Any], *, preset: str | None = None
+) -> None:
+    """Every key of ``overrides`` must be a field of ``config_class``: a config silently keeps
+    unknown keyword arguments, so a misspelt override (``tfc_depth``) or one meant for another
+    architecture would otherwise change nothing."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        own = sorted(known - {f.name for f in dataclasses.fields(PreTrainedConfig)})
+        origin = f" (with --preset {preset})" if preset else ""
+        raise ValueError(
+            f"model_overrides {unknown}{origin} are not fields of {config_class.__name__}; its "
+            f"fields: {own}"
+        )
+
+
+# Paper recipes and a CPU-sized one: the fields that differ from the dataclass defaults, and
+# those a paper's recipe hinges on; docs/reproducing.md gives the source of every value.
 PRESETS: dict[str, dict[str, Any]] = {
     "la_transformer": {
         # The released training notebook: Adam 3e-4 with L2 5e-4 on every parameter, plain
@@ -358,7 +478,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "learning_rate": 1e-3,
         "weight_decay": 5e-4,
         "scheduler": "cosine",
-        "warmup": 1,
+        # A per-step ramp over about one epoch of the synthetic data (30 batches of 8 x 4).
+        "warmup": 30,
+        "warmup_unit": "step",
         "identities_per_batch": 8,
         "instances_per_identity": 4,
         "image_size": (64, 32),
@@ -391,7 +513,7 @@ _TINY_RESNET = {
 }
 
 #: Per-architecture model overrides of a preset, used when ``--model`` names an architecture
-#: (a checkpoint keeps its own config) and ``--model_overrides`` is not given.
+#: (a checkpoint keeps its own config); ``--model_overrides`` refines them key by key.
 PRESET_MODEL_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "la_transformer": {**_TINY_VIT, "classifier_hidden_size": 64},
@@ -419,18 +541,28 @@ PRESET_MODEL_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def apply_preset(args: ReIDTrainingArguments, explicit: set[str]) -> ReIDTrainingArguments:
-    """Fill ``args`` from ``PRESETS[args.preset]`` (and the preset's overrides for the chosen
-    architecture, :data:`PRESET_MODEL_OVERRIDES`) except the fields in ``explicit``."""
+    """Fill ``args`` from ``PRESETS[args.preset]`` except the fields in ``explicit``; the
+    preset's model overrides for the chosen architecture (:data:`PRESET_MODEL_OVERRIDES`) are
+    merged under ``args.model_overrides`` (explicit keys win)."""
     if args.preset is None:
         return args
     if args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; known: {sorted(PRESETS)}")
     updates = {k: v for k, v in PRESETS[args.preset].items() if k not in explicit}
+    if updates.get("sampler", args.sampler) != "random":
+        updates.pop("batch_size", None)  # the preset's shuffled-batch size; P x K decides
     model = updates.get("model", args.model)
     overrides = PRESET_MODEL_OVERRIDES.get(args.preset, {}).get(model)
-    if overrides is not None and "model_overrides" not in explicit:
-        updates["model_overrides"] = json.dumps(overrides)
-    return dataclasses.replace(args, **updates)
+    if overrides is not None:
+        # Explicit overrides refine the preset's, key by key.
+        explicit_overrides = parse_model_overrides(args.model_overrides)
+        updates["model_overrides"] = json.dumps({**overrides, **explicit_overrides})
+    args = dataclasses.replace(args, **updates)
+    if args.model in _CONFIGS:
+        check_model_overrides(
+            _CONFIGS[args.model], parse_model_overrides(args.model_overrides), preset=args.preset
+        )
+    return args
 
 
 def parse_arguments(argv: list[str] | None = None) -> ReIDTrainingArguments:
@@ -455,10 +587,11 @@ def parse_arguments(argv: list[str] | None = None) -> ReIDTrainingArguments:
         explicit = set(values)
     else:
         (args,) = parser.parse_args_into_dataclasses(args=argv)
-        given = argv or []
+        # Flags may be spelled with hyphens (--learning-rate), as the parser accepts.
+        given = [a.replace("-", "_") if a.startswith("--") else a for a in argv or []]
         explicit = {
             f.name
             for f in dataclasses.fields(ReIDTrainingArguments)
-            if any(a == f"--{f.name}" or a.startswith(f"--{f.name}=") for a in given)
+            if any(a == f"__{f.name}" or a.startswith(f"__{f.name}=") for a in given)
         }
     return apply_preset(args, explicit)

@@ -6,41 +6,59 @@ One process or many (``accelerate launch``): identity-balanced P x K batches fro
 augmentation on the device, the model's own loss, warm-up + cosine / multi-step learning
 rate, optional blockwise unfreezing, periodic evaluation under the Market-1501 protocol,
 ``save_pretrained`` checkpoints (best and last, with a model card), resumable state.
+
+Nothing is lost: an ``output_dir`` that holds a run is refused unless the run is resumed or
+``overwrite_output_dir`` deletes it; ``state/``, ``best/`` and ``last/`` are built in a staging
+folder and swapped in whole (leftovers of a killed swap are recovered at start); the state is
+safetensors and JSON, never a pickle.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
+import random
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from datasets import DatasetDict
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, PreTrainedConfig
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from ..data import (
     BatchAugmentation,
     PKSampler,
     RandomBatchSampler,
-    available_datasets,
     load_reid_dataset,
     make_synthetic_reid,
 )
 from ..evaluation import ReIDMetric
-from ..hub import push_to_hub, render_model_card, save_model_card
+from ..hub import CardInputs, CheckpointOrigin, push_to_hub, save_card
 from ..models import ARCHITECTURES
 from ..retrieval.extraction import extract_embeddings
-from ..utils import replace_directory
-from .arguments import ReIDTrainingArguments
+from ..utils import (
+    fsync_directory,
+    fsync_file,
+    recover_directory,
+    replace_directory,
+    staging_directory,
+    transformers_progress_bars_disabled,
+    write_atomically,
+)
+from .arguments import ReIDTrainingArguments, check_model_overrides, parse_model_overrides
 from .schedules import WarmupSchedule
 from .unfreezing import BlockwiseUnfreezing
 
@@ -49,31 +67,55 @@ logger = logging.getLogger(__name__)
 _PROCESSORS = {config.model_type: processor for config, _, processor in ARCHITECTURES}
 _CONFIGS = {config.model_type: config for config, _, _ in ARCHITECTURES}
 
+#: Folders and files of ``output_dir`` that belong to a run (the tracker folder is where
+#: ``--report_to tensorboard`` logs).
+STATE_DIR = "state"
+METRICS_FILE = "metrics.jsonl"
+ARGUMENTS_FILE = "training_args.json"
+TRACKER_PROJECT = "reid_transformers"
+RUN_ENTRIES = ("best", "last", STATE_DIR, METRICS_FILE, ARGUMENTS_FILE, TRACKER_PROJECT)
+#: Version of the ``state/`` layout (see :meth:`ReIDTrainer._save_state`).
+STATE_FORMAT = 1
+#: What ``accelerate``'s ``save_state`` wrote into ``state/`` before: pickles, never loaded.
+_PICKLE_SUFFIXES = (".pkl", ".bin", ".pt", ".pth")
+#: Arguments a resumed run may change without changing what it computes.
+_RESUME_ONLY_ARGUMENTS = {
+    "resume", "overwrite_output_dir", "max_minutes", "progress", "num_workers", "report_to",
+    "push_to_hub", "hub_model_id", "hub_private",
+}
+
 
 @dataclass
 class TrainerState:
-    """What a resumed run needs beyond model, optimizer and RNG states."""
+    """What a resumed run needs beyond model, optimizer and RNG states (saved as JSON).
+
+    ``best_evaluation`` and ``last_evaluation`` are ``{"epoch", "step", "metrics"}`` of the
+    evaluation that chose ``best/`` and of the latest one (epoch 0: the checkpoint a run
+    fine-tunes, before training).
+    """
 
     epoch: int = 0  # epochs completed
     global_step: int = 0
     best_map: float = -1.0
+    best_evaluation: dict[str, Any] | None = None
+    last_evaluation: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "global_step": self.global_step, "best_map": self.best_map}
+        """A JSON-serialisable copy of every field."""
+        return dataclasses.asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.best_map = float(state["best_map"])
+        self.best_evaluation = state.get("best_evaluation")
+        self.last_evaluation = state.get("last_evaluation")
 
 
 def load_training_data(args: ReIDTrainingArguments) -> DatasetDict:
-    """The dataset named by ``args`` (the synthetic one is generated or reused)."""
-    if args.dataset != "synthetic" and args.dataset not in available_datasets():
-        raise ValueError(
-            f"unknown dataset {args.dataset!r}; expected 'synthetic' or one of "
-            f"{available_datasets()}"
-        )
+    """The dataset named by ``args`` (the synthetic one is generated or reused; the name was
+    checked with the arguments)."""
     if args.dataset == "synthetic":
         root = make_synthetic_reid(args.data_dir, progress=args.progress)
         return load_reid_dataset("market1501", root, progress=args.progress)
@@ -90,11 +132,11 @@ def load_training_data(args: ReIDTrainingArguments) -> DatasetDict:
 
 def build_model_and_processor(args: ReIDTrainingArguments, num_identities: int):
     """A new model of architecture ``args.model``, or a checkpoint fine-tuned with new heads."""
-    overrides = json.loads(args.model_overrides) if args.model_overrides else {}
+    overrides = parse_model_overrides(args.model_overrides)
     if args.image_size is not None:
         overrides["image_size"] = args.image_size
     if args.model in _PROCESSORS:
-        _check_overrides(_CONFIGS[args.model], overrides)
+        check_model_overrides(_CONFIGS[args.model], overrides)
         config = AutoConfig.for_model(args.model, num_identities=num_identities, **overrides)
         model = AutoModel.from_config(config)
         if args.pretrained_backbone:
@@ -109,7 +151,7 @@ def build_model_and_processor(args: ReIDTrainingArguments, num_identities: int):
     # config's image_size instead would make from_pretrained re-initialise them (their shapes
     # no longer match), so --image_size only changes the preprocessing.
     image_size = overrides.pop("image_size", None)
-    _check_overrides(type(AutoConfig.from_pretrained(args.model)), overrides)
+    check_model_overrides(type(AutoConfig.from_pretrained(args.model)), overrides)
     config = AutoConfig.from_pretrained(args.model, num_identities=num_identities, **overrides)
     model = AutoModel.from_pretrained(args.model, config=config, ignore_mismatched_sizes=True)
     resize = {} if image_size is None else {
@@ -117,19 +159,6 @@ def build_model_and_processor(args: ReIDTrainingArguments, num_identities: int):
     }
     processor = AutoImageProcessor.from_pretrained(args.model, **resize)
     return model, processor
-
-
-def _check_overrides(config_class: type, overrides: dict[str, Any]) -> None:
-    """A config silently keeps unknown keyword arguments as attributes; a misspelt override
-    (``tfc_depth``) or one meant for another architecture must fail instead."""
-    known = {field.name for field in dataclasses.fields(config_class)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        own = sorted(known - {field.name for field in dataclasses.fields(PreTrainedConfig)})
-        raise ValueError(
-            f"model_overrides {unknown} are not fields of {config_class.__name__}; its fields: "
-            f"{own}"
-        )
 
 
 class _TrainCollator:
@@ -148,9 +177,16 @@ class _TrainCollator:
 class ReIDTrainer:
     """Train, evaluate and save a re-ID model; see the module docstring.
 
+    After :meth:`train`, :attr:`last_evaluation` and :attr:`best_evaluation` say which epoch
+    ``last/`` and ``best/`` come from and how they scored.
+
     Args:
         args: the run's settings.
         model, processor, data: optional pre-built pieces (otherwise built from ``args``).
+
+    Raises:
+        FileExistsError: ``args.output_dir`` holds a run and neither ``resume`` nor
+            ``overwrite_output_dir`` is set (checked before anything is loaded).
     """
 
     def __init__(
@@ -162,6 +198,9 @@ class ReIDTrainer:
     ) -> None:
         self.args = args
         self.output_dir = Path(args.output_dir)
+        self._check_output_dir()
+        if args.max_minutes < 0:
+            raise ValueError(f"max_minutes must be >= 0 (0: no time limit), got {args.max_minutes}")
         self.accelerator = Accelerator(
             mixed_precision=args.mixed_precision,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -211,8 +250,9 @@ class ReIDTrainer:
         # PK epochs vary slightly in length; only step budgets and step-unit schedules need
         # this estimate.
         steps_per_epoch = max(1, math.ceil(len(self.sampler) / args.gradient_accumulation_steps))
-        #: Epochs the run lasts: --epochs, or as many as --max_steps needs (the loop stops
-        #: at the step budget, so a short PK epoch cannot end it early).
+        #: Epochs the run lasts: --epochs, or an estimate of what --max_steps needs (for the
+        #: progress bars and epoch-unit schedules: the loop runs until the step budget is
+        #: spent, however long later PK epochs are).
         self.num_epochs = (
             args.epochs if not args.max_steps else math.ceil(args.max_steps / steps_per_epoch)
         )
@@ -228,8 +268,13 @@ class ReIDTrainer:
             warmup_unit=args.warmup_unit,
         )
         self.state = TrainerState()
-        self.accelerator.register_for_checkpointing(self.state, self.augment)
-        self.metrics_log = self.output_dir / "metrics.jsonl"
+        self.metrics_log = self.output_dir / METRICS_FILE
+        #: Whether ``args.model`` names a checkpoint (evaluated before the first epoch).
+        self.starts_from_checkpoint = args.model not in _PROCESSORS
+        #: Names of the parameters the DistributedDataParallel wrapper all-reduces.
+        self._ddp_trainable = self._trainable_parameter_names()
+        self._started = 0.0  # monotonic() when train() began: the --max_minutes clock
+        self._stopped = False  # a step or time budget ran out
 
     # ------------------------------------------------------------------ building blocks
     def _make_sampler(self, model) -> PKSampler | RandomBatchSampler:
@@ -310,35 +355,46 @@ class ReIDTrainer:
     # ------------------------------------------------------------------ training
     def train(self) -> dict[str, Any]:
         """Run all epochs (continuing a saved run with ``args.resume``); returns the last
-        evaluation's metrics."""
+        evaluation's metrics (see also :attr:`last_evaluation` and :attr:`best_evaluation`).
+
+        A run that fine-tunes a checkpoint (``args.model`` is a folder or Hub id) evaluates it
+        first, logs that as epoch 0 and keeps it in ``best/`` unless an epoch beats it.
+        """
         args = self.args
+        self._started = monotonic()
+        self._stopped = False
+        self._prepare_output_dir()
         if args.report_to:
-            self.accelerator.init_trackers("reid_transformers", config=args.to_dict())
-        state_dir = self.output_dir / "state"
+            self.accelerator.init_trackers(TRACKER_PROJECT, config=self._public_arguments())
         if args.resume:
-            if not state_dir.is_dir():
-                raise FileNotFoundError(f"--resume given but {state_dir} holds no saved state")
-            self.accelerator.load_state(str(state_dir))
+            self._load_state()
             logger.info(
                 "resumed after epoch %d (step %d)", self.state.epoch, self.state.global_step
             )
+        else:
+            if self.starts_from_checkpoint:
+                self._evaluate_and_keep(epoch=0)
+            # From here on --resume always finds a complete state.
+            self._save_state()
 
-        metrics: dict[str, Any] = {}
-        for epoch in range(self.state.epoch, self.num_epochs):
+        epochs = itertools.count(self.state.epoch) if args.max_steps else range(
+            self.state.epoch, self.num_epochs
+        )
+        for epoch in epochs:
+            if self._step_budget_spent():  # resumed after the run ended at --max_steps
+                break
             self._train_epoch(epoch)
             self.state.epoch = epoch + 1
-            last = epoch + 1 == self.num_epochs or self._step_budget_spent()
+            last = self._stopped or (not args.max_steps and epoch + 1 == self.num_epochs)
             if last or (args.eval_every and (epoch + 1) % args.eval_every == 0):
-                metrics = self.evaluate()
-                self._log({"epoch": epoch + 1, "step": self.state.global_step, **metrics})
-                if metrics["mAP"] > self.state.best_map:
-                    self.state.best_map = metrics["mAP"]
-                    self.save_checkpoint(self.output_dir / "best", metrics)
-            self.accelerator.save_state(str(state_dir))
+                self._evaluate_and_keep(epoch + 1)
+            self._save_state()
             if last:
                 break
-        if not metrics:  # resumed after the last epoch
-            metrics = self.evaluate()
+        if self.state.last_evaluation is None:
+            # Resumed with fewer --epochs than the state has, none of them evaluated.
+            self._evaluate_and_keep(self.state.epoch)
+        metrics = self.state.last_evaluation["metrics"]
         self.save_checkpoint(self.output_dir / "last", metrics)
         self.accelerator.end_training()
         if args.push_to_hub and self.accelerator.is_main_process:
@@ -354,14 +410,36 @@ class ReIDTrainer:
             logger.info("pushed to %s", url)
         return metrics
 
+    @property
+    def last_evaluation(self) -> dict[str, Any] | None:
+        """``{"epoch", "step", "metrics"}`` of the latest evaluation (``last/``'s numbers)."""
+        return self.state.last_evaluation
+
+    @property
+    def best_evaluation(self) -> dict[str, Any] | None:
+        """``{"epoch", "step", "metrics"}`` of the evaluation that chose ``best/`` (highest
+        mAP; epoch 0 is the fine-tuned checkpoint itself)."""
+        return self.state.best_evaluation
+
+    def _evaluate_and_keep(self, epoch: int) -> None:
+        """Evaluate, log, and save ``best/`` if the mAP beats every earlier evaluation."""
+        metrics = self.evaluate()
+        self._log({"epoch": epoch, "step": self.state.global_step, **metrics})
+        record = {"epoch": epoch, "step": self.state.global_step, "metrics": metrics}
+        self.state.last_evaluation = record
+        if metrics["mAP"] > self.state.best_map:
+            self.state.best_map = metrics["mAP"]
+            self.state.best_evaluation = record
+            self.save_checkpoint(self.output_dir / "best", metrics)
+
     def _train_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
         model = self.unwrapped_model
         if self.unfreezing is not None:
             trainable = self.unfreezing.apply(model, epoch)
-            if self.accelerator.is_main_process:
-                self._log({"epoch": epoch, "trainable_blocks": trainable})
+            self._log({"epoch": epoch + 1, "trainable_blocks": trainable})
         model.freeze_bnneck_biases()
+        self._wrap_trainable_parameters()
         self.model.train()
         bar = tqdm(
             self.train_loader,
@@ -385,10 +463,13 @@ class ReIDTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
             if self.accelerator.sync_gradients:
                 self.state.global_step += 1
+                # Only after a full optimizer step: stopping inside an accumulation would
+                # drop the gradients gathered so far.
+                self._stopped = self._step_budget_spent() or self._out_of_time()
             running += loss.item()
             seen += 1
             bar.set_postfix(loss=f"{running / seen:.3f}", lr=f"{lr:.2e}")
-            if self._step_budget_spent():
+            if self._stopped:
                 break
         self._log(
             {
@@ -403,6 +484,58 @@ class ReIDTrainer:
     def _step_budget_spent(self) -> bool:
         """Whether ``--max_steps`` optimizer steps have run."""
         return bool(self.args.max_steps) and self.state.global_step >= self.args.max_steps
+
+    def _out_of_time(self) -> bool:
+        """Whether ``--max_minutes`` have passed since :meth:`train` began. Every rank takes
+        the decision of the slowest clock, so all stop after the same step."""
+        if not self.args.max_minutes:
+            return False
+        spent = monotonic() - self._started >= 60.0 * self.args.max_minutes
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([float(spent)], device=self.accelerator.device)
+            spent = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        if spent:
+            logger.info(
+                "--max_minutes %g reached after step %d: evaluating and saving",
+                self.args.max_minutes,
+                self.state.global_step,
+            )
+        return spent
+
+    def _trainable_parameter_names(self) -> frozenset[str] | None:
+        """The parameters that require a gradient, if the model is wrapped for DDP."""
+        if not isinstance(self.model, DistributedDataParallel):
+            return None
+        return frozenset(n for n, p in self.model.module.named_parameters() if p.requires_grad)
+
+    def _wrap_trainable_parameters(self) -> None:
+        """Wrap the model for DDP again when the set of trainable parameters changed.
+
+        DistributedDataParallel all-reduces the parameters that required a gradient when it
+        wrapped the model and expects a gradient for each of them at every step: a block
+        frozen later raises "parameters that were not used in producing loss" at the second
+        step, and a block frozen at wrap time and released later would train on every rank's
+        own gradients, so the ranks' weights drift apart. A new wrapper over the current set
+        leaves frozen blocks out (no error, no traffic) and all-reduces a released block from
+        its first step (it also broadcasts rank 0's weights and buffers).
+        """
+        trainable = self._trainable_parameter_names()
+        if trainable is None or trainable == self._ddp_trainable:
+            return
+        old = self.model
+        # Its reducer's hooks sit on the parameters and would fire in the next backward.
+        old._remove_autograd_hooks()
+        handler = self.accelerator.ddp_handler
+        self.model = DistributedDataParallel(
+            old.module,
+            device_ids=old.device_ids,
+            output_device=old.output_device,
+            **(handler.to_kwargs() if handler is not None else {}),
+        )
+        if handler is not None:
+            handler.register_comm_hook(self.model)
+        self._ddp_trainable = trainable
+        logger.info("DDP wrapper rebuilt over %d trainable parameter tensors", len(trainable))
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, Any]:
@@ -436,35 +569,310 @@ class ReIDTrainer:
         # Every rank takes the same best-checkpoint decisions, so it needs the same numbers.
         return broadcast_object_list([metrics])[0]
 
+    # ------------------------------------------------------------------ the run's folder
+    def _previous_run(self) -> list[str]:
+        """Names in ``output_dir`` that belong to a run, leftovers of interrupted writes
+        (``.best.staging``, ``.state.old-*``, ...) included."""
+        if not self.output_dir.is_dir():
+            return []
+        return sorted(
+            entry.name
+            for entry in self.output_dir.iterdir()
+            if entry.name in RUN_ENTRIES
+            or any(entry.name.startswith(f".{name}.") for name in RUN_ENTRIES)
+        )
+
+    def _check_output_dir(self) -> None:
+        if self.args.resume and self.args.overwrite_output_dir:
+            raise ValueError(
+                "--resume and --overwrite_output_dir contradict each other: --resume continues "
+                f"the run in {self.output_dir}, --overwrite_output_dir deletes it"
+            )
+        if self.args.resume or self.args.overwrite_output_dir:
+            return
+        found = self._previous_run()
+        if found:
+            raise FileExistsError(
+                f"{self.output_dir} already holds a training run ({', '.join(found)}); pass "
+                "--resume to continue it, choose another --output_dir, or pass "
+                "--overwrite_output_dir to delete it and start again"
+            )
+
+    def _prepare_output_dir(self) -> None:
+        """Delete the previous run (``--overwrite_output_dir``), recover what a killed swap
+        left, and save the run's arguments; on the main process, while the others wait."""
+        # Every rank has checked output_dir in __init__ before anything is written to it.
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            if self.args.overwrite_output_dir:
+                found = self._previous_run()
+                if found:
+                    logger.warning(
+                        "--overwrite_output_dir: deleting the previous run in %s: %s",
+                        self.output_dir,
+                        ", ".join(found),
+                    )
+                for name in found:
+                    path = self.output_dir / name
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+            for name in ("best", "last", STATE_DIR):
+                recover_directory(self.output_dir / name)
+            self._save_arguments()
+        self.accelerator.wait_for_everyone()
+
+    def _public_arguments(self) -> dict[str, Any]:
+        """The arguments without the Hub token: a secret has no place in a run folder or a
+        tracker's dashboard."""
+        values = self.args.to_dict()
+        values.pop("hub_token")
+        return values
+
+    def _save_arguments(self) -> None:
+        """``training_args.json``: the resolved arguments that started the run (no Hub
+        token), readable by ``parse_arguments`` and ``examples/train.py FILE``. A resumed
+        run keeps the file and warns about arguments it changes."""
+        values = self._public_arguments()
+        path = self.output_dir / ARGUMENTS_FILE
+        if self.args.resume and path.is_file():
+            saved = json.loads(path.read_text())
+            changed = sorted(
+                name
+                for name in values.keys() - _RESUME_ONLY_ARGUMENTS
+                if saved.get(name) != values[name]
+            )
+            if changed:
+                logger.warning(
+                    "resuming with arguments that differ from the run's (%s): %s",
+                    path,
+                    ", ".join(f"{n}={saved.get(n)!r} -> {values[n]!r}" for n in changed),
+                )
+            return
+        text = json.dumps(values, indent=2, sort_keys=True) + "\n"
+        write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+
+    def _truncate_log(self) -> None:
+        """Drop the lines logged after the resumed epoch: the run repeats those events, and
+        ``metrics.jsonl`` keeps one line per event."""
+        if not self.metrics_log.is_file():
+            return
+        lines = self.metrics_log.read_text().splitlines()
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):  # cut short by the kill
+                    continue
+                raise ValueError(
+                    f"{self.metrics_log} line {number} is not JSON: {line[:80]!r}"
+                ) from None
+            if record["epoch"] <= self.state.epoch:
+                kept.append(line)
+        if len(kept) < len(lines):
+            logger.info(
+                "%s: dropping %d lines logged after epoch %d, which the resumed run repeats",
+                self.metrics_log,
+                len(lines) - len(kept),
+                self.state.epoch,
+            )
+            text = "".join(line + "\n" for line in kept)
+            write_atomically(self.metrics_log, lambda f: f.write(text.encode("utf-8")))
+
+    # ------------------------------------------------------------------ resumable state
+    def _save_state(self) -> None:
+        """Write ``state/`` to ``.state.staging`` and swap it in whole, so the previous state
+        stays until the new one is complete. Files (no pickle anywhere):
+
+        - ``model.safetensors``: the model's weights;
+        - ``optimizer.safetensors`` + ``optimizer.json``: the optimizer's tensors and the
+          rest of its state dict (parameter groups, numbers);
+        - ``rng-<rank>.safetensors`` + ``rng-<rank>.json``: every rank's torch (CPU, CUDA),
+          augmentation, numpy and Python random states;
+        - ``trainer_state.json``, written last: epochs, steps, evaluations, the accumulation
+          counter and the fp16 loss scaler.
+        """
+        target = self.output_dir / STATE_DIR
+        staging = target.with_name(f".{STATE_DIR}.staging")
+        if self.accelerator.is_main_process:
+            staging_directory(target)
+        self.accelerator.wait_for_everyone()
+        rank = self.accelerator.process_index
+        tensors, values = self._random_states()
+        save_file(tensors, staging / f"rng-{rank}.safetensors")
+        fsync_file(staging / f"rng-{rank}.safetensors")
+        _write_json(staging / f"rng-{rank}.json", values)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_model(self.unwrapped_model, str(staging / "model.safetensors"))
+            fsync_file(staging / "model.safetensors")
+            tensors, values = _split_optimizer_state(self.optimizer.state_dict())
+            save_file(tensors, staging / "optimizer.safetensors")
+            fsync_file(staging / "optimizer.safetensors")
+            _write_json(staging / "optimizer.json", values)
+            scaler = self.accelerator.scaler
+            _write_json(
+                staging / "trainer_state.json",
+                {
+                    "format_version": STATE_FORMAT,
+                    **self.state.state_dict(),
+                    "accumulation_step": self.accelerator.step,
+                    "num_processes": self.accelerator.num_processes,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                },
+            )
+            fsync_directory(staging)
+            replace_directory(staging, target)
+        self.accelerator.wait_for_everyone()
+
+    def _load_state(self) -> None:
+        """Restore what :meth:`_save_state` wrote (after leftovers were recovered)."""
+        directory = self.output_dir / STATE_DIR
+        if not directory.is_dir():
+            others = self._previous_run()
+            raise FileNotFoundError(
+                f"--resume given but {directory} holds no saved state; "
+                + (
+                    f"the run in {self.output_dir} ({', '.join(others)}) stopped before its "
+                    "first state was saved: start it again with --overwrite_output_dir"
+                    if others
+                    else "train without --resume to start a run"
+                )
+            )
+        _check_state_files(directory)
+        saved = _read_state_file(directory / "trainer_state.json", _read_json)
+        if saved.get("format_version") != STATE_FORMAT:
+            raise ValueError(
+                f"{directory / 'trainer_state.json'} has format_version "
+                f"{saved.get('format_version')!r}; this version reads {STATE_FORMAT}"
+            )
+        self.state.load_state_dict(saved)
+        model = self.unwrapped_model
+        # The parameters' own device: accelerate's may read "cpu:0", which safetensors refuses.
+        device = str(next(model.parameters()).device)
+        _read_state_file(
+            directory / "model.safetensors", lambda path: load_model(model, path, device=device)
+        )
+        tensors = _read_state_file(directory / "optimizer.safetensors", load_file)
+        values = _read_state_file(directory / "optimizer.json", _read_json)
+        _read_state_file(
+            directory / "optimizer.safetensors",
+            lambda _: self.optimizer.load_state_dict(
+                _join_optimizer_state(tensors, values, self.optimizer.state_dict())
+            ),
+        )
+        self.accelerator.step = int(saved["accumulation_step"])
+        if saved["scaler"] is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(saved["scaler"])
+        self._load_random_states(directory, saved["num_processes"])
+        if self.accelerator.is_main_process:
+            self._truncate_log()
+        self.accelerator.wait_for_everyone()
+
+    def _random_states(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            for index, state in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"cuda.{index}"] = state
+        for device, state in self.augment.state_dict().items():
+            tensors[f"augment.{device}"] = state
+        kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        tensors["numpy"] = torch.from_numpy(keys.astype(np.int64))
+        version, internal, gauss_next = random.getstate()
+        values = {
+            "numpy": [kind, int(position), int(has_gauss), float(cached_gaussian)],
+            "python": [version, list(internal), gauss_next],
+        }
+        return tensors, values
+
+    def _load_random_states(self, directory: Path, saved_processes: int) -> None:
+        rank = self.accelerator.process_index
+        if saved_processes != self.accelerator.num_processes:
+            logger.warning(
+                "%s was saved by %d processes, resumed with %d: training continues, but "
+                "batches and augmentations differ from an uninterrupted run",
+                directory,
+                saved_processes,
+                self.accelerator.num_processes,
+            )
+        path = directory / f"rng-{rank}.safetensors"
+        if rank >= saved_processes:
+            return  # a rank the saved run did not have keeps its fresh seeds
+        tensors = _read_state_file(path, load_file)
+        values = _read_state_file(directory / f"rng-{rank}.json", _read_json)
+        torch.set_rng_state(tensors["torch"])
+        cuda = [tensors[f"cuda.{i}"] for i in range(torch.cuda.device_count())
+                if f"cuda.{i}" in tensors]
+        if cuda and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        self.augment.load_state_dict(
+            {name.removeprefix("augment."): state for name, state in tensors.items()
+             if name.startswith("augment.")}
+        )
+        kind, position, has_gauss, cached_gaussian = values["numpy"]
+        np.random.set_state(
+            (kind, tensors["numpy"].numpy().astype(np.uint32), position, has_gauss,
+             cached_gaussian)
+        )
+        version, internal, gauss_next = values["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+
     # ------------------------------------------------------------------ saving
     def save_checkpoint(self, directory: Path, metrics: dict[str, Any]) -> Path | None:
         """``save_pretrained`` weights, config, preprocessor config and model card, written to
-        a staging folder and swapped in, so a crash never leaves a half-written checkpoint."""
+        a staging folder and swapped in (``replace_directory``), so a crash never leaves a
+        half-written checkpoint nor a moment without one."""
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return None
         directory = Path(directory)
-        staging = directory.with_name(f".{directory.name}.staging")
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = staging_directory(directory)
         model = self.unwrapped_model
-        model.save_pretrained(staging, safe_serialization=True)
+        with transformers_progress_bars_disabled():
+            model.save_pretrained(staging, safe_serialization=True)
         self.processor.save_pretrained(staging)
-        card = render_model_card(
+        save_card(
+            staging,
             model.config,
-            model_name=directory.name
-            if directory.name not in ("best", "last")
-            else f"{model.config.model_type}-{self.args.dataset}",
-            dataset_name=self.args.dataset,
-            metrics=None if self.args.eval_rerank else metrics,
-            reranked_metrics=metrics if self.args.eval_rerank else None,
-            evaluation={"distance": self.args.distance, "flip": self.args.eval_flip},
-            training=self._recipe(),
-            base_model=self.args.pretrained_backbone,
+            self.card_inputs(directory.name, metrics),
             repo_id=self.args.hub_model_id,
         )
-        save_model_card(card, staging)
         replace_directory(staging, directory)
         return directory
+
+    def card_inputs(self, kind: str, metrics: dict[str, Any]) -> CardInputs:
+        """What the card of the ``kind`` (``"best"`` / ``"last"``) checkpoint says beyond its
+        config: recipe, data, evaluation, starting weights and which epoch it is; saved
+        beside the checkpoint (``card_inputs.json``) so later re-renders keep it."""
+        args = self.args
+        if self.starts_from_checkpoint:
+            base_model, initialisation = args.model, "checkpoint"
+        elif args.pretrained_backbone:
+            base_model, initialisation = args.pretrained_backbone, "backbone"
+        else:
+            base_model, initialisation = None, "random"
+        epoch = self.state.best_evaluation["epoch"] if kind == "best" else self.state.epoch
+        return CardInputs(
+            model_name=self.output_dir.resolve().name,
+            dataset_name=args.dataset_name,
+            dataset_id=args.dataset_id,
+            data_layout=args.dataset,
+            metrics=None if args.eval_rerank else metrics,
+            reranked_metrics=metrics if args.eval_rerank else None,
+            evaluation={"distance": args.distance, "flip": args.eval_flip},
+            training=self._recipe(),
+            base_model=base_model,
+            initialisation=initialisation,
+            # best/ is chosen on the query / gallery splits, i.e. the test split.
+            checkpoint=CheckpointOrigin(
+                kind=kind,
+                epoch=epoch,
+                num_epochs=max(self.num_epochs, epoch),
+                selected_on="test" if kind == "best" else None,
+            ),
+        )
 
     def _recipe(self) -> dict[str, Any]:
         args = self.args
@@ -510,3 +918,81 @@ class ReIDTrainer:
                 "lr_decay_schedule": args.lr_decay_schedule,
             }
         return recipe
+
+
+def _write_json(path: Path, values: Any) -> None:
+    text = json.dumps(values, indent=2) + "\n"
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _read_state_file(path: Path, read):
+    """``read(path)``, with an error that names the file if it is damaged."""
+    try:
+        return read(path)
+    except Exception as error:
+        raise ValueError(
+            f"{path} cannot be loaded ({type(error).__name__}: {error}); the saved state is "
+            "damaged or from other model or optimizer settings: resume with the run's own "
+            "arguments, or start again with --overwrite_output_dir"
+        ) from error
+
+
+def _check_state_files(directory: Path) -> None:
+    """A ``state/`` must hold the files :meth:`ReIDTrainer._save_state` writes; one written
+    by accelerate's ``save_state`` (older versions) holds pickles, which are never loaded."""
+    names = {path.name for path in directory.iterdir()}
+    required = ["trainer_state.json", "model.safetensors", "optimizer.safetensors",
+                "optimizer.json", "rng-0.safetensors", "rng-0.json"]
+    missing = [name for name in required if name not in names]
+    if not missing:
+        return
+    pickles = sorted(name for name in names if name.endswith(_PICKLE_SUFFIXES))
+    if pickles:
+        raise ValueError(
+            f"{directory} lacks {', '.join(missing)}: it was saved by an older version of "
+            f"reid_transformers through accelerate, whose pickles ({', '.join(pickles)}) are "
+            "not loaded, because unpickling a file can run any code; start the run again with "
+            "--overwrite_output_dir"
+        )
+    raise ValueError(
+        f"{directory} is incomplete: it lacks {', '.join(missing)}; start the run again with "
+        "--overwrite_output_dir"
+    )
+
+
+def _split_optimizer_state(
+    state: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer state dict as tensors (``"<param index>.<name>"``) for safetensors and
+    everything else (parameter groups, numbers) for JSON."""
+    tensors: dict[str, torch.Tensor] = {}
+    other: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.contiguous()
+            else:
+                other.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "state": other}
+
+
+def _join_optimizer_state(
+    tensors: dict[str, torch.Tensor], values: dict[str, Any], current: dict[str, Any]
+) -> dict[str, Any]:
+    """Inverse of :func:`_split_optimizer_state`; JSON turned tuples (Adam's betas) into
+    lists, which go back to the type the optimizer holds now."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = tensor
+    for index, entries in values["state"].items():
+        state.setdefault(int(index), {}).update(entries)
+    groups = [
+        {k: tuple(v) if isinstance(now.get(k), tuple) else v for k, v in saved.items()}
+        for saved, now in zip(values["param_groups"], current["param_groups"], strict=False)
+    ]
+    return {"state": state, "param_groups": groups}

@@ -14,7 +14,10 @@ on one of two schedules (``lr_decay_schedule``):
 
 One optimizer holds every parameter from the start: a frozen parameter has
 ``requires_grad=False``, so it gets no gradient and optimizers skip it (no update, no weight
-decay, no momentum), and it starts to move on the step after it is released.
+decay, no momentum), and it starts to move on the step after it is released. Under
+DistributedDataParallel the trainer wraps the model again whenever :meth:`apply` changes the
+set of trainable parameters, so frozen blocks stay out of the all-reduce and released ones
+are averaged over every rank.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ class BlockwiseUnfreezing:
 
     Args:
         unfreeze_every: epochs between two releases (code: 2).
-        lr_decay: factor applied to every learning rate at each release (code 0.8, paper 0.85).
+        lr_decay: factor applied to every learning rate at each decay (see
+            ``lr_decay_schedule``; code 0.8, paper 0.85).
         initially_unfrozen: blocks that train from the first epoch (code 2, paper 1).
         lr_decay_schedule: ``"periodic"`` (code) or ``"releases"``; see the module docstring.
     """
@@ -80,7 +84,7 @@ class BlockwiseUnfreezing:
             block.requires_grad_(i < trainable)
         logger.info(
             "epoch %d: %d of %d trunk blocks train (top %d), lr x %.4g",
-            epoch,
+            epoch + 1,  # counted from 1, as in the progress bar and metrics.jsonl
             trainable,
             len(blocks),
             trainable,

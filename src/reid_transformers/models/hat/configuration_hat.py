@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from ...backbones.vit import ATTENTION_SCALES
-from ...configuration_utils import ResNetReIDConfig, check_choice, check_positive, check_range
+from ...configuration_utils import (
+    ATTENTION_SCALES,
+    ResNetReIDConfig,
+    check_choice,
+    check_positive,
+    check_range,
+)
 
 TFC_NORMS = ("pre", "post")
 
@@ -144,6 +149,15 @@ class HATConfig(ResNetReIDConfig):
         ):
             raise ValueError(f"aux_lambda must be a number >= 0, got {self.aux_lambda!r}")
         super().__post_init__(**kwargs)
+        # Each level's bottlenecks have inner width C / 4 and must give back C channels.
+        odd = [self.stage_channels[level] for level in self.active_levels
+               if self.stage_channels[level] % 4]
+        if odd:
+            raise ValueError(
+                f"hidden_sizes {self.hidden_sizes}: the trunk stages HAT reads (levels "
+                f"{[level + 1 for level in self.active_levels]}) need widths divisible by 4 "
+                f"(bottleneck inner width C / 4), got {odd}"
+            )
         if min(self.image_size) < 32:
             raise ValueError(f"image_size {self.image_size} is below the trunk's 32-pixel stride")
 

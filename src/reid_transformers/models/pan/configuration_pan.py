@@ -39,7 +39,7 @@ class PANConfig(ResNetReIDConfig):
             sized to the paper's parameter counts; only with learned masks].
         channel_attention: the squeeze-and-excitation gate on the stage-4 channels [paper]:
             ``"shared"`` by all scales (default [our choice], as the parameter counts leave
-            room for one), ``"per_scale"`` (one gate per scale, this package's earlier layout),
+            room for one), ``"per_scale"`` (one gate per scale),
             or ``"none"`` (no gate, an ablation [our choice]).
         channel_reduction: reduction of the gate's bottleneck, ``2048 / channel_reduction``
             hidden units (256 -> 8) [our choice: the usual 16 alone would add 0.5 M

@@ -1,9 +1,9 @@
 """PAN: Part-aware Attention Network for person re-identification.
 
-A ResNet-50 trunk; part features are pooled from the last feature map under learned spatial
-masks (several granularities; fixed horizontal stripes as an ablation) and a channel
-attention, then each part attends to the outputs of stages 1-3 (part-aware attention, PAM);
-the fused part vectors are embedded and classified per part.
+A ResNet trunk (ResNet-50 by default); part features are pooled from the last feature map
+under learned spatial masks (several granularities; fixed horizontal stripes as an
+ablation) and a channel attention, then each part attends to the outputs of stages 1-3
+(part-aware attention, PAM); the fused part vectors are embedded and classified per part.
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ class PANPreTrainedModel(ResNetReIDPreTrainedModel):
 
 
 class PANModel(PANPreTrainedModel):
-    """PAN: ResNet-50 trunk, part-feature learning (PLM), part-aware attention (PAM), one
+    """PAN: ResNet trunk, part-feature learning (PLM), part-aware attention (PAM), one
     embedding and BNNeck classifier per part.
 
     - ``embeddings`` ``(B, P * embedding_size)``: the part embeddings, concatenated and

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from ...backbones.resnet import feature_grid
-from ...configuration_utils import ResNetReIDConfig, check_choice, check_positive, check_range
+from ...configuration_utils import (
+    ATTENTION_SCALES,
+    ResNetReIDConfig,
+    check_choice,
+    check_positive,
+    check_range,
+)
 
 #: Attention of the Part Aggregation Transformer.
 ATTENTIONS = ("linear", "full")
@@ -50,6 +56,9 @@ class PRCTConfig(ResNetReIDConfig):
             same rate].
         drop_path_rate: stochastic depth, rising linearly from 0 at the first layer to this
             rate at the last; 0 [our choice: the paper names none].
+        attention_scale: factor of the attention logits, ``"head_dim"`` (``head_dim ** -0.5``,
+            the usual transformer temperature) [our choice: the paper gives none] or
+            ``"width"`` (``hidden_size ** -0.5``).
         attention: ``"linear"`` (Linformer: keys and values projected along the token axis
             to ``linformer_k`` rows before the softmax) [paper] or ``"full"`` (plain softmax
             attention over all tokens, for comparison) [our choice].
@@ -88,6 +97,7 @@ class PRCTConfig(ResNetReIDConfig):
     hidden_dropout_prob: float | int = 0.1
     attention_probs_dropout_prob: float | int = 0.1
     drop_path_rate: float | int = 0.0
+    attention_scale: str = "head_dim"
     attention: str = "linear"
     linformer_k: int = 64
     share_kv_projection: bool = False
@@ -110,6 +120,7 @@ class PRCTConfig(ResNetReIDConfig):
             "linformer_k",
         )
         check_choice(self, "attention", ATTENTIONS)
+        check_choice(self, "attention_scale", ATTENTION_SCALES)
         check_choice(self, "position_encoding", POSITION_ENCODINGS)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
