@@ -22,13 +22,13 @@ from reid_transformers import (
     LATransformerModel,
     hub,
 )
-from reid_transformers.cli import main
 from reid_transformers.evaluation import ReIDMetric
 from reid_transformers.hub import render_model_card, save_model_card
 from reid_transformers.pipelines import CheckpointEvaluation, write_model_card
 
 from .fake_hub import FakeHub, HubError, use_fake_hub
 from .test_aaformer import TINY as AAFORMER_TINY
+from .test_cli import run
 from .test_hat import TINY as HAT_TINY
 from .test_la_transformer import TINY as LA_TINY
 from .test_pan import TINY as PAN_TINY
@@ -82,15 +82,6 @@ def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
     }
 
 
-def run(capsys, *argv) -> tuple[int, str, str]:
-    """`main(argv)`'s exit code and its stdout / stderr."""
-    capsys.readouterr()
-    try:
-        code = main([str(arg) for arg in argv])
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_error_line(err: str) -> str:

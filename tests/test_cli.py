@@ -56,7 +56,7 @@ from .test_la_transformer import TINY
 
 TOKEN = "hf_fake_write_token"
 REPO = "org/tiny-la"
-COMMANDS = ("train", "evaluate", "extract", "search", "card", "push")
+COMMANDS = ("train", "evaluate", "extract", "export", "search", "card", "push")
 TINY_OVERRIDES = {
     "patch_size": 8, "patch_stride": 8, "hidden_size": 32, "num_hidden_layers": 3,
     "num_attention_heads": 4, "intermediate_size": 64, "classifier_hidden_size": 16,

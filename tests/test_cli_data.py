@@ -18,7 +18,6 @@ import PIL.Image
 import pytest
 from datasets import DatasetDict
 
-from reid_transformers.cli import main
 from reid_transformers.data import load_reid_dataset, make_synthetic_reid
 from reid_transformers.evaluation import ReIDMetric
 from reid_transformers.pipelines import (
@@ -31,7 +30,7 @@ from reid_transformers.pipelines import (
 )
 from reid_transformers.retrieval.extraction import extract_embeddings
 
-from .test_cli import save_checkpoint
+from .test_cli import run, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +72,6 @@ def unverified(root: Path) -> DatasetDict:
     return load_reid_dataset("market1501", root, verify_images="none", progress=False)
 
 
-def run(capsys, *argv: object) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main([str(arg) for arg in argv])
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ---------------------------------------------------------------------- evaluate_checkpoint

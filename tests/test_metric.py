@@ -38,7 +38,7 @@ def test_loads_offline_and_matches_ranking_core(metric):
         query_embeddings=q, query_pids=qp, query_camids=qc,
         gallery_embeddings=g, gallery_pids=gp, gallery_camids=gc,
     )
-    ref = evaluate_ranking(q, g, qp, gp, qc, gc)
+    ref = evaluate_ranking(q, g, qp, gp, qc, gc, metric="cosine")
     assert out["mAP"] == pytest.approx(ref.mean_ap)
     assert out["mINP"] == pytest.approx(ref.mean_inp)
     assert out["rank-1"] == pytest.approx(ref.rank(1))
@@ -75,7 +75,7 @@ def test_rerank_option_uses_reranked_distances():
         rerank=True, k1=8, k2=3, query_embeddings=q, query_pids=qp, query_camids=qc,
         gallery_embeddings=g, gallery_pids=gp, gallery_camids=gc,
     )
-    dist = k_reciprocal_rerank(q, g, k1=8, k2=3)
+    dist = k_reciprocal_rerank(q, g, k1=8, k2=3, metric="cosine")
     ref = evaluate_distance_matrix(dist, qp, gp, qc, gc)
     assert out["mAP"] == pytest.approx(ref.mean_ap)
 
@@ -102,3 +102,17 @@ def test_dimension_change_and_bad_distance():
         metric.add_batch(query_embeddings=np.zeros((1, 5)), query_pids=[1], query_camids=[0])
     with pytest.raises(ValueError, match="distance must be one of"):
         metric.compute(distance="hamming")
+
+
+def test_default_distance_is_cosine():
+    # Scaling each query differently changes Euclidean ranks but not cosine ones, so the
+    # default must ignore the scale exactly as an explicit distance="cosine" does.
+    q, g, qp, gp, qc, gc = problem(3)
+    q = q * np.linspace(0.05, 20.0, len(q), dtype=np.float32)[:, None]
+    inputs = dict(query_embeddings=q, query_pids=qp, query_camids=qc,
+                  gallery_embeddings=g, gallery_pids=gp, gallery_camids=gc)
+    default = ReIDMetric().compute(**inputs)
+    cosine = ReIDMetric().compute(distance="cosine", **inputs)
+    euclidean = ReIDMetric().compute(distance="euclidean", **inputs)
+    assert default["mAP"] == pytest.approx(cosine["mAP"])
+    assert default["mAP"] != pytest.approx(euclidean["mAP"])

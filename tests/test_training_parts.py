@@ -302,3 +302,26 @@ def test_fine_tuning_a_checkpoint_at_another_size_keeps_its_grid_parameters(tmp_
         if not name.startswith("neck.classifier"):  # the new identity head
             assert torch.equal(value, trained[name]), name
     model.train()(torch.randn(4, 3, 96, 32), labels=torch.tensor([0, 0, 1, 1])).loss.backward()
+
+
+@pytest.mark.parametrize("name", ["la_transformer", "aaformer", "pan", "hat", "prct"])
+def test_recipe_files_in_configs_are_the_presets(name):
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    from_file = parse_arguments([str(recipe)])
+    from_preset = parse_arguments(["--preset", name])
+    differing = {
+        field: (getattr(from_file, field), getattr(from_preset, field))
+        for field in from_file.to_dict()
+        if field != "preset" and getattr(from_file, field) != getattr(from_preset, field)
+    }
+    assert not differing
+
+
+def test_flags_after_a_recipe_file_override_it(tmp_path):
+    recipe = tmp_path / "run.yaml"
+    recipe.write_text("preset: hat\nepochs: 5\nlearning_rate: 0.001\n")
+    args = parse_arguments([str(recipe), "--epochs", "7", "--dataset", "market1501"])
+    assert (args.epochs, args.learning_rate, args.dataset) == (7, 0.001, "market1501")
+    assert args.milestones == [50, 70, 90, 110, 130]  # the preset fills the rest

@@ -32,7 +32,7 @@ from reid_transformers.backbones import (
     ViTLayer,
     load_vit_pretrained,
 )
-from reid_transformers.backbones import vit as vit_module
+from reid_transformers.backbones import loading as loading_module
 from reid_transformers.backbones.vit import (
     DropPath,
     ViTAttention,
@@ -841,7 +841,7 @@ def test_hub_id_is_downloaded(monkeypatch: pytest.MonkeyPatch, hf_folder: Path) 
         calls.append((repo_id, allow_patterns))
         return str(hf_folder)
 
-    monkeypatch.setattr(vit_module, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(loading_module, "snapshot_download", fake_snapshot_download)
     report = load_vit_pretrained(ViTBackbone(_config()), "google/vit-base-patch16-224")
     assert report.source_format == "huggingface" and report.missing == ()
     ((repo_id, patterns),) = calls
@@ -853,8 +853,8 @@ def test_hub_failure_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
     def offline(repo_id: str, allow_patterns: list[str]) -> str:
         raise LocalEntryNotFoundError("no cached snapshot and outgoing traffic is disabled")
 
-    monkeypatch.setattr(vit_module, "snapshot_download", offline)
-    monkeypatch.setattr(vit_module.hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(loading_module, "snapshot_download", offline)
+    monkeypatch.setattr(loading_module.hub_constants, "HF_HUB_OFFLINE", False)
     with pytest.raises(
         CheckpointUnavailableError,
         match=r"'someone/vit-missing'.*LocalEntryNotFoundError.*--pretrained_backbone DIR",

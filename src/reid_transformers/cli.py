@@ -1,4 +1,4 @@
-"""The ``reid-transformers`` command: train, evaluate, extract, search, card, push.
+"""The ``reid-transformers`` command: train, evaluate, extract, export, search, card, push.
 
     reid-transformers COMMAND [FLAGS]             # the installed console script
     python -m reid_transformers.cli COMMAND ...   # the same, without the script
@@ -46,6 +46,7 @@ from .pipelines import (
 )
 from .retrieval.search import load_gallery, prepare_gallery_index, search_gallery
 from .training import ReIDTrainer, ReIDTrainingArguments, load_training_data, parse_arguments
+from .training.arguments import ARGUMENT_FILE_SUFFIXES
 from .utils import transformers_progress_bars_disabled
 
 __all__ = ["PROG", "build_parser", "main", "run_command"]
@@ -228,7 +229,8 @@ Train a re-ID model with ReIDTrainer (Accelerate: one CPU, one GPU or many). Eve
 below is a field of ReIDTrainingArguments and goes to the trainer as given; --preset fills
 in a recipe (la_transformer, aaformer, pan, hat, prct: the paper's, as its released code ran it
 where there is one; tiny: a small model of any architecture for CPU minutes) and explicit
-flags win. A single .yaml or .json argument is read as a file of flag values. The run writes
+flags win. A leading .yaml or .json argument (e.g. configs/hat.yaml) is a file of flag values
+that later flags override. The run writes
 <output_dir>/best and <output_dir>/last (safetensors, configs, model card), metrics.jsonl
 and a resumable state/ (--resume). For several GPUs:
 'accelerate launch -m reid_transformers.cli train ...'.
@@ -252,17 +254,18 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             f"no training flags given; try '{parser.prog} --preset tiny' (a small model on the "
             f"synthetic data, minutes on a CPU)"
         )
-    # Parsed first with a parser named after this command, for a --help and error lines that
-    # say 'reid-transformers train'; parse_arguments then builds the arguments (presets,
-    # config files) exactly as for examples/train.py. A single bare argument is a config file,
-    # which only parse_arguments reads.
-    if len(argv) > 1 or argv[0].startswith("-"):
+    # The flags are parsed first with a parser named after this command, for a --help and
+    # error lines that say 'reid-transformers train'; parse_arguments then builds the
+    # arguments (config file, flags, preset) exactly as for examples/train.py. A leading bare
+    # argument is a config file, which only parse_arguments reads.
+    flags = argv[1:] if Path(argv[0]).suffix in ARGUMENT_FILE_SUFFIXES else argv
+    if flags:
         _TrainerParser(
             ReIDTrainingArguments,
             prog=parser.prog,
             description=_TRAIN_DESCRIPTION,
             formatter_class=_TrainerFormatter,
-        ).parse_args(argv)
+        ).parse_args(flags)
     training_args = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     trainer = ReIDTrainer(training_args)
@@ -424,6 +427,65 @@ def _run_extract(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         print(
             f"Skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}: "
             f"{listed}{more}"
+        )
+    return 0
+
+
+# --- export
+_EXPORT_DESCRIPTION = """\
+Export a checkpoint to ONNX for deployment: input pixel_values (B, 3, H, W) float32 with a
+dynamic batch, output embeddings (B, D). The preprocessing a consumer needs (input size,
+mean/std, rescale factor, resampling, RGB colour order, distance) is stored in the ONNX
+metadata and in a JSON file of the same name beside it (model.onnx -> model.json). The graph
+is checked with onnx.checker, and onnxruntime's output is compared with PyTorch's (max abs
+difference and cosine, printed; --atol / --min-cosine make a mismatch an error). Needs the
+onnx extra: pip install 'reid-transformers[onnx]'.
+
+example:
+  reid-transformers export --model runs/la-market/best --output la-market.onnx
+"""
+
+
+def _configure_export(parser: argparse.ArgumentParser) -> None:
+    _add_model_flag(parser, "checkpoint folder (save_pretrained of model and processor) or Hub id")
+    _flag(parser, "output", required=True, metavar="FILE.onnx", help="the ONNX file to write")
+    _flag(parser, "overwrite", action="store_true", help="replace an existing output / JSON")
+    _flag(parser, "opset", type=int, default=18, help="ONNX opset version (default 18)")
+    _flag(parser, "atol", type=float, default=1e-4, help="largest allowed abs difference")
+    _flag(parser, "min-cosine", type=float, default=0.99999, help="smallest allowed cosine")
+
+
+def _run_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .deployment.export import compare_with_onnxruntime, export_onnx
+
+    output = Path(args.output)
+    if output.suffix != ".onnx":
+        parser.error(f"--output must end in .onnx, got {output}")
+    for path in (output, output.with_suffix(".json")):  # the model and its metadata file
+        if path.exists() and not args.overwrite:
+            parser.error(f"{path} already exists; add --overwrite to replace it")
+    checkpoint_source(args.model)  # a wrong --model fails before anything is imported
+    model, processor = load_checkpoint(args.model, device="cpu")
+    try:
+        result = export_onnx(model, output, processor=processor, opset_version=args.opset)
+        parity = compare_with_onnxruntime(model, result.path, (1, 7))
+    except (ImportError, RuntimeError) as error:  # a missing extra, an untraceable model
+        parser.error(str(error).strip().splitlines()[0])
+    metadata = result.metadata
+    print(
+        f"Wrote {result.path} ({metadata['architecture']}, input (B, 3, "
+        f"{metadata['input_size'][0]}, {metadata['input_size'][1]}), embeddings (B, "
+        f"{metadata['embedding_dim']}); {result.exporter}) and {result.metadata_path}"
+    )
+    for batch_size, difference in parity.max_abs_diff.items():
+        print(
+            f"onnxruntime vs PyTorch, batch {batch_size}: max abs difference {difference:.2e}, "
+            f"min cosine {parity.min_cosine[batch_size]:.7f}"
+        )
+    if not parity.within(args.atol, args.min_cosine):
+        parser.error(
+            f"onnxruntime's embeddings differ from PyTorch's beyond --atol {args.atol} / "
+            f"--min-cosine {args.min_cosine}"
         )
     return 0
 
@@ -690,6 +752,13 @@ _COMMANDS: dict[str, _Command] = {
             _EXTRACT_DESCRIPTION,
             _configure_extract,
             _run_extract,
+        ),
+        _Command(
+            "export",
+            "export a checkpoint to ONNX (dynamic batch, preprocessing metadata)",
+            _EXPORT_DESCRIPTION,
+            _configure_export,
+            _run_export,
         ),
         _Command(
             "search",

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from .loading import CheckpointUnavailableError, LoadReport
 from .vit import (
-    CheckpointUnavailableError,
-    LoadReport,
     ViTBackbone,
     ViTEmbeddings,
     ViTEncoder,

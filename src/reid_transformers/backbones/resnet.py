@@ -29,10 +29,10 @@ checkpoints such as ``microsoft/resnet-18`` ... ``microsoft/resnet-101``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Literal, NamedTuple, TypeAlias
 
@@ -43,14 +43,16 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedConfig, ResNetConfig
 
 from ..configuration_utils import ResNetReIDConfig
-from .vit import (
+from .loading import (
+    ConvertedState,
     LoadReport,
-    _detect_format,
-    _load_checked,
-    _read_hf_config,
-    _read_state_dict_file,
-    _resolve_checkpoint,
-    _tensor_dict,
+    RenameRule,
+    apply_rename_rules,
+    detect_layout,
+    load_converted,
+    read_checkpoint,
+    read_hf_config,
+    rename_rule,
 )
 
 __all__ = [
@@ -394,28 +396,46 @@ class ResNetBackbone(nn.Module):
 
 
 # --------------------------------------------------------------------------- weight loading
+# The reading, layout detection, renaming and checked loading live in `.loading`; this
+# module supplies the ResNet rename rules, the layout markers and the architecture checks.
 
 _NORM = r"(?P<p>weight|bias|running_mean|running_var|num_batches_tracked)"
 _HF_BLOCK = r"encoder\.stages\.(?P<s>\d+)\.layers\.(?P<b>\d+)\."
 
-#: Hugging Face ResNetModel key (after the prefix) -> our key. Templates are filled with the
-#: named groups; HF stages ``s`` and inner layers ``c`` count from 0, torchvision's
-#: ``layer{1..4}`` and ``conv{1..3}`` / ``bn{1..3}`` from 1. A bottleneck layer holds
+
+def _hf_target(template: str) -> Callable[[re.Match[str]], str]:
+    """Fill ``template`` with a match's named groups, HF's 0-based stage ``s`` and inner
+    layer ``c`` shifted to torchvision's 1-based ``layer{1..4}`` / ``conv{1..3}``."""
+
+    def build(match: re.Match[str]) -> str:
+        fields = match.groupdict()
+        for counter in ("s", "c"):
+            if counter in fields:
+                fields[counter] = str(int(fields[counter]) + 1)
+        return template.format(**fields)
+
+    return build
+
+
+#: Hugging Face ResNetModel key (after the prefix) -> our key. A bottleneck layer holds
 #: ``layer.{0,1,2}``, a basic one (``ResNetBasicLayer``) ``layer.{0,1}``.
-_HF_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"embedder\.embedder\.convolution\.weight"), "conv1.weight"),
-    (re.compile(r"embedder\.embedder\.normalization\." + _NORM), "bn1.{p}"),
-    (re.compile(_HF_BLOCK + r"shortcut\.convolution\.weight"), "layer{s}.{b}.downsample.0.weight"),
-    (re.compile(_HF_BLOCK + r"shortcut\.normalization\." + _NORM), "layer{s}.{b}.downsample.1.{p}"),
-    (
-        re.compile(_HF_BLOCK + r"layer\.(?P<c>[0-2])\.convolution\.weight"),
-        "layer{s}.{b}.conv{c}.weight",
-    ),
-    (
-        re.compile(_HF_BLOCK + r"layer\.(?P<c>[0-2])\.normalization\." + _NORM),
-        "layer{s}.{b}.bn{c}.{p}",
-    ),
+_HF_RULES: tuple[RenameRule, ...] = tuple(
+    rename_rule(pattern, _hf_target(template))
+    for pattern, template in (
+        (r"embedder\.embedder\.convolution\.weight", "conv1.weight"),
+        (r"embedder\.embedder\.normalization\." + _NORM, "bn1.{p}"),
+        (_HF_BLOCK + r"shortcut\.convolution\.weight", "layer{s}.{b}.downsample.0.weight"),
+        (_HF_BLOCK + r"shortcut\.normalization\." + _NORM, "layer{s}.{b}.downsample.1.{p}"),
+        (_HF_BLOCK + r"layer\.(?P<c>[0-2])\.convolution\.weight", "layer{s}.{b}.conv{c}.weight"),
+        (_HF_BLOCK + r"layer\.(?P<c>[0-2])\.normalization\." + _NORM, "layer{s}.{b}.bn{c}.{p}"),
+    )
 )
+
+#: Our own keys are torchvision's (`ResNetBackbone` uses its names).
+_RULES: dict[ResNetSourceFormat, tuple[RenameRule, ...]] = {
+    "huggingface": _HF_RULES,
+    "torchvision": (rename_rule(r"(.+)", r"\1"),),
+}
 
 #: A key only this layout has; also tells the prefix in front of the trunk (``resnet.`` in
 #: ResNetForImageClassification, ``module.`` from DistributedDataParallel, ``backbone.``...).
@@ -499,39 +519,30 @@ def load_resnet_pretrained(
     """
     if not isinstance(backbone, ResNetBackbone):
         raise ValueError(f"backbone must be a ResNetBackbone, got {type(backbone).__name__}")
-    state_dict, description = _read_source(source, backbone, strict)
-    source_format, prefix = _detect_format(state_dict, description, _FORMAT_MARKERS, "ResNet")
-    converted, unexpected, ignored = _convert(state_dict, source_format, prefix)
-    _check_architecture(converted, backbone._architecture, description, strict)
-
-    own = backbone.state_dict()
-    for target in [key for key in converted if key not in own]:
-        unexpected.append(converted.pop(target)[0])
-    missing = [
-        key for key in own if key not in converted and not key.endswith("num_batches_tracked")
-    ]
-    tensors = {key: tensor for key, (_, tensor) in converted.items()}
-    _load_checked(
-        backbone,
-        tensors,
-        missing,
-        unexpected,
-        strict,
-        description,
-        f"ResNet backbone ({backbone._architecture.describe()})",
+    state_dict, _, description = read_checkpoint(
+        source,
+        example_repo="microsoft/resnet-50",
+        read_config=partial(_check_hf_config, backbone=backbone, strict=strict),
     )
-    return LoadReport(
+    source_format, prefix = detect_layout(state_dict, description, _FORMAT_MARKERS, "ResNet")
+    converted = apply_rename_rules(
+        state_dict, prefix, _RULES[source_format], _IGNORED_HEADS[source_format]
+    )
+    _check_architecture(converted, backbone._architecture, description, strict)
+    return load_converted(
+        backbone,
+        converted,
         source_format=source_format,
-        loaded=tuple(sorted(converted)),
-        missing=tuple(missing),
-        unexpected=tuple(unexpected),
-        ignored=tuple(ignored),
-        resized={},
+        strict=strict,
+        description=description,
+        backbone_name=f"ResNet backbone ({backbone._architecture.describe()})",
+        # Older torchvision files lack the counters, and they hold no weights.
+        optional=lambda key: key.endswith("num_batches_tracked"),
     )
 
 
 def _check_architecture(
-    converted: Mapping[str, tuple[str, torch.Tensor]],
+    converted: ConvertedState,
     expected: _Architecture,
     description: str,
     strict: bool,
@@ -541,7 +552,7 @@ def _check_architecture(
     with ``strict``. What the keys do not show (a stage with no keys) is not compared."""
     blocks: dict[int, set[int]] = {stage: set() for stage in range(1, 5)}
     names: set[str] = set()
-    for key in converted:
+    for key in converted.tensors:
         match = _BLOCK_KEY.fullmatch(key)
         if match is not None:
             blocks[int(match["s"])].add(int(match["b"]))
@@ -552,10 +563,10 @@ def _check_architecture(
     # A stage's output channels: those of its first block's last convolution.
     last_conv = "conv3" if layer_type == "bottleneck" else "conv2"
     hidden_sizes = tuple(
-        _out_channels(converted.get(f"layer{stage}.0.{last_conv}.weight"))
+        _out_channels(converted.tensors.get(f"layer{stage}.0.{last_conv}.weight"))
         for stage in range(1, 5)
     )
-    stem = _out_channels(converted.get("conv1.weight"))
+    stem = _out_channels(converted.tensors.get("conv1.weight"))
     found = _Architecture(
         layer_type,
         tuple(max(indices) + 1 if indices else 0 for indices in blocks.values()),
@@ -579,33 +590,16 @@ def _check_architecture(
         )
 
 
-def _out_channels(entry: tuple[str, torch.Tensor] | None) -> int | None:
-    """Output channels of a (checkpoint key, convolution weight) entry, None if unknown (the
-    shape check reports a malformed tensor)."""
-    return None if entry is None or entry[1].ndim == 0 else entry[1].shape[0]
+def _out_channels(weight: torch.Tensor | None) -> int | None:
+    """Output channels of a convolution weight, None if unknown (the shape check reports a
+    malformed tensor)."""
+    return None if weight is None or weight.ndim == 0 else weight.shape[0]
 
 
-def _read_source(
-    source: str | os.PathLike[str] | StateDict, backbone: ResNetBackbone, strict: bool
-) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict, description of the source for messages)."""
-    if isinstance(source, Mapping):
-        return _tensor_dict(source, "the given state dict"), "the given state dict"
-    if not isinstance(source, (str, os.PathLike)):
-        raise ValueError(
-            "source must be a path, a Hub repository id or a state dict, got "
-            f"{type(source).__name__}"
-        )
-    path = _resolve_checkpoint(source, example_repo="microsoft/resnet-50")
-    if path.is_dir():
-        return _read_hf_folder(path, backbone, strict)
-    return _read_state_dict_file(path), str(path)
-
-
-def _read_hf_folder(
-    folder: Path, backbone: ResNetBackbone, strict: bool
-) -> tuple[dict[str, torch.Tensor], str]:
-    config = _read_hf_config(folder, ResNetConfig, "ResNet")
+def _check_hf_config(folder: Path, backbone: ResNetBackbone, strict: bool) -> PreTrainedConfig:
+    """``folder``'s ResNet config, after checking that it describes the backbone's
+    architecture (the depths only with ``strict``) in torchvision's style."""
+    config = read_hf_config(folder, ResNetConfig, "ResNet")
     architecture = backbone._architecture
     # (ResNetConfig field, how messages name it, the backbone's value)
     expected: list[tuple[str, str, object]] = [
@@ -630,64 +624,4 @@ def _read_hf_folder(
             f"{folder} does not match the backbone, configured with {architecture.describe()}: "
             + "; ".join(differences)
         )
-
-    single, index, legacy = (
-        folder / "model.safetensors",
-        folder / "model.safetensors.index.json",
-        folder / "pytorch_model.bin",
-    )
-    if single.is_file():
-        return _read_state_dict_file(single), str(folder)
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as error:
-            raise ValueError(f"{index} is not a safetensors shard index: {error}") from error
-        state_dict: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state_dict.update(_read_state_dict_file(folder / shard))
-        return state_dict, str(folder)
-    if legacy.is_file():
-        return _read_state_dict_file(legacy), str(folder)
-    raise FileNotFoundError(
-        f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
-    )
-
-
-def _convert(
-    state_dict: Mapping[str, torch.Tensor], source_format: ResNetSourceFormat, prefix: str
-) -> tuple[dict[str, tuple[str, torch.Tensor]], list[str], list[str]]:
-    """Rename to our (torchvision) keys.
-
-    Returns (our key -> (checkpoint key, tensor), unexpected checkpoint keys, ignored
-    classifier keys).
-    """
-    converted: dict[str, tuple[str, torch.Tensor]] = {}
-    unexpected: list[str] = []
-    ignored: list[str] = []
-    for key, tensor in state_dict.items():
-        name = key[len(prefix) :] if key.startswith(prefix) else None
-        target = None if name is None else _target_key(name, source_format)
-        if target is None:
-            # A head may sit outside the prefix (ResNetForImageClassification: resnet.* +
-            # classifier.*).
-            bare = key if name is None else name
-            (ignored if _IGNORED_HEADS[source_format].fullmatch(bare) else unexpected).append(key)
-        else:
-            converted[target] = (key, tensor)
-    return converted, unexpected, ignored
-
-
-def _target_key(name: str, source_format: ResNetSourceFormat) -> str | None:
-    """Our key for checkpoint key ``name`` (prefix removed), or None if it maps to nothing."""
-    if source_format == "torchvision":
-        return None if _IGNORED_HEADS["torchvision"].fullmatch(name) else name
-    for pattern, template in _HF_RULES:
-        match = pattern.fullmatch(name)
-        if match is not None:
-            fields = match.groupdict()
-            for counter in ("s", "c"):
-                if counter in fields:
-                    fields[counter] = str(int(fields[counter]) + 1)
-            return template.format(**fields)
-    return None
+    return config

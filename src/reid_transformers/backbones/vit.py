@@ -27,25 +27,15 @@ read with ``torch.load(weights_only=True)``), or an in-memory state dict.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import pickle
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Literal, TypeAlias
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import constants as hub_constants
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HFValidationError, StrictDataclassError
-from huggingface_hub.utils import httpx as hub_httpx  # the HTTP client huggingface_hub uses
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedConfig, ViTConfig
@@ -55,6 +45,17 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from ..configuration_utils import ATTENTION_SCALES
+from .loading import (
+    CheckpointUnavailableError,
+    LoadReport,
+    RenameRule,
+    apply_rename_rules,
+    detect_layout,
+    load_converted,
+    read_checkpoint,
+    read_hf_config,
+    rename_rule,
+)
 
 #: A mask computed from a layer's own queries and keys, each ``(B, heads, T, head_dim)``.
 MaskFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -736,95 +737,62 @@ class ViTBackbone(nn.Module):
 
 
 # --------------------------------------------------------------------------- weight loading
-
-
-@dataclass(frozen=True)
-class LoadReport:
-    """What a backbone loader (`load_vit_pretrained`, `load_resnet_pretrained`) did.
-
-    Attributes:
-        source_format: the checkpoint layout. From `load_vit_pretrained` a `SourceFormat`:
-            ``"huggingface"``, ``"timm"`` or ``"reid_transformers"`` (our own
-            ``ViTBackbone.state_dict()`` layout, possibly under a prefix); from
-            `load_resnet_pretrained` ``"huggingface"`` or ``"torchvision"``.
-        loaded: backbone parameter names that received checkpoint values.
-        missing: backbone parameter names the checkpoint had no value for (left unchanged).
-        unexpected: checkpoint keys (checkpoint naming) that match nothing in the backbone.
-        ignored: checkpoint keys of heads the backbone has no use for (HF ``pooler.*`` /
-            ``classifier.*``, timm ``head.*`` / ``head_dist.*`` / ``pre_logits.*``,
-            torchvision ``fc.*``): unexpected, but expected to be so.
-        resized: backbone parameter name -> (checkpoint shape, loaded shape), for the
-            position embeddings when the checkpoint's patch grid differs from ours.
-    """
-
-    source_format: str
-    loaded: tuple[str, ...]
-    missing: tuple[str, ...]
-    unexpected: tuple[str, ...]
-    ignored: tuple[str, ...]
-    resized: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
-
-
-@dataclass(frozen=True)
-class _Rule:
-    """Checkpoint key regex -> our key template; ``qkv_slot`` 0/1/2 marks a separate
-    query/key/value tensor that is concatenated (in that order) into our fused ``qkv``."""
-
-    pattern: re.Pattern[str]
-    target: str
-    qkv_slot: int | None = None
-
-
-def _rule(pattern: str, target: str, qkv_slot: int | None = None) -> _Rule:
-    return _Rule(re.compile(pattern), target, qkv_slot)
-
+# The reading, layout detection, renaming and checked loading live in `.loading`; this
+# module supplies the ViT rename rules, the layout markers and the ViT-specific checks.
 
 _LAYER = r"encoder.layers.\1"
 _QKV = _LAYER + r".attention.attention.qkv.\2"
 _HF_LEGACY = r"encoder\.layer\.(\d+)\."
 _HF_NEW = r"layers\.(\d+)\."
 
-_HF_RULES: tuple[_Rule, ...] = (
-    _rule(r"embeddings\.cls_token", "embeddings.cls_token"),
-    _rule(r"embeddings\.position_embeddings", "embeddings.position_embeddings"),
-    _rule(r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"embeddings.projection.\1"),
+
+def _qkv(pattern: str, slot: int) -> RenameRule:
+    """One of a checkpoint's separate query (0) / key (1) / value (2) tensors, concatenated
+    in that order into our fused ``qkv``."""
+    return rename_rule(pattern, _QKV, part=slot, parts=3)
+
+
+_HF_RULES: tuple[RenameRule, ...] = (
+    rename_rule(r"embeddings\.cls_token", "embeddings.cls_token"),
+    rename_rule(r"embeddings\.position_embeddings", "embeddings.position_embeddings"),
+    rename_rule(
+        r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"embeddings.projection.\1"
+    ),
     # On-disk layout (what save_pretrained writes, and the Hub checkpoints).
-    _rule(_HF_LEGACY + r"attention\.attention\.query\.(\w+)", _QKV, 0),
-    _rule(_HF_LEGACY + r"attention\.attention\.key\.(\w+)", _QKV, 1),
-    _rule(_HF_LEGACY + r"attention\.attention\.value\.(\w+)", _QKV, 2),
-    _rule(_HF_LEGACY + r"attention\.output\.dense\.(\w+)", _LAYER + r".attention.proj.\2"),
-    _rule(_HF_LEGACY + r"intermediate\.dense\.(\w+)", _LAYER + r".mlp.fc1.\2"),
-    _rule(_HF_LEGACY + r"output\.dense\.(\w+)", _LAYER + r".mlp.fc2.\2"),
-    _rule(_HF_LEGACY + r"layernorm_before\.(\w+)", _LAYER + r".norm1.\2"),
-    _rule(_HF_LEGACY + r"layernorm_after\.(\w+)", _LAYER + r".norm2.\2"),
+    _qkv(_HF_LEGACY + r"attention\.attention\.query\.(\w+)", 0),
+    _qkv(_HF_LEGACY + r"attention\.attention\.key\.(\w+)", 1),
+    _qkv(_HF_LEGACY + r"attention\.attention\.value\.(\w+)", 2),
+    rename_rule(_HF_LEGACY + r"attention\.output\.dense\.(\w+)", _LAYER + r".attention.proj.\2"),
+    rename_rule(_HF_LEGACY + r"intermediate\.dense\.(\w+)", _LAYER + r".mlp.fc1.\2"),
+    rename_rule(_HF_LEGACY + r"output\.dense\.(\w+)", _LAYER + r".mlp.fc2.\2"),
+    rename_rule(_HF_LEGACY + r"layernorm_before\.(\w+)", _LAYER + r".norm1.\2"),
+    rename_rule(_HF_LEGACY + r"layernorm_after\.(\w+)", _LAYER + r".norm2.\2"),
     # In-memory layout of transformers >= 5 (ViTModel(...).state_dict()).
-    _rule(_HF_NEW + r"attention\.q_proj\.(\w+)", _QKV, 0),
-    _rule(_HF_NEW + r"attention\.k_proj\.(\w+)", _QKV, 1),
-    _rule(_HF_NEW + r"attention\.v_proj\.(\w+)", _QKV, 2),
-    _rule(_HF_NEW + r"attention\.o_proj\.(\w+)", _LAYER + r".attention.proj.\2"),
-    _rule(_HF_NEW + r"mlp\.(fc1|fc2)\.(\w+)", _LAYER + r".mlp.\2.\3"),
-    _rule(_HF_NEW + r"layernorm_before\.(\w+)", _LAYER + r".norm1.\2"),
-    _rule(_HF_NEW + r"layernorm_after\.(\w+)", _LAYER + r".norm2.\2"),
-    _rule(r"layernorm\.(weight|bias)", r"layernorm.\1"),
+    _qkv(_HF_NEW + r"attention\.q_proj\.(\w+)", 0),
+    _qkv(_HF_NEW + r"attention\.k_proj\.(\w+)", 1),
+    _qkv(_HF_NEW + r"attention\.v_proj\.(\w+)", 2),
+    rename_rule(_HF_NEW + r"attention\.o_proj\.(\w+)", _LAYER + r".attention.proj.\2"),
+    rename_rule(_HF_NEW + r"mlp\.(fc1|fc2)\.(\w+)", _LAYER + r".mlp.\2.\3"),
+    rename_rule(_HF_NEW + r"layernorm_before\.(\w+)", _LAYER + r".norm1.\2"),
+    rename_rule(_HF_NEW + r"layernorm_after\.(\w+)", _LAYER + r".norm2.\2"),
+    rename_rule(r"layernorm\.(weight|bias)", r"layernorm.\1"),
 )
 
-_TIMM_RULES: tuple[_Rule, ...] = (
-    _rule(r"cls_token", "embeddings.cls_token"),
-    _rule(r"pos_embed", "embeddings.position_embeddings"),
-    _rule(r"patch_embed\.proj\.(weight|bias)", r"embeddings.projection.\1"),
-    _rule(r"blocks\.(\d+)\.(norm1|norm2)\.(\w+)", _LAYER + r".\2.\3"),
-    _rule(r"blocks\.(\d+)\.attn\.qkv\.(\w+)", _QKV),
-    _rule(r"blocks\.(\d+)\.attn\.proj\.(\w+)", _LAYER + r".attention.proj.\2"),
-    _rule(r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(\w+)", _LAYER + r".mlp.\2.\3"),
-    _rule(r"norm\.(weight|bias)", r"layernorm.\1"),
+_TIMM_RULES: tuple[RenameRule, ...] = (
+    rename_rule(r"cls_token", "embeddings.cls_token"),
+    rename_rule(r"pos_embed", "embeddings.position_embeddings"),
+    rename_rule(r"patch_embed\.proj\.(weight|bias)", r"embeddings.projection.\1"),
+    rename_rule(r"blocks\.(\d+)\.(norm1|norm2)\.(\w+)", _LAYER + r".\2.\3"),
+    rename_rule(r"blocks\.(\d+)\.attn\.qkv\.(\w+)", _QKV),
+    rename_rule(r"blocks\.(\d+)\.attn\.proj\.(\w+)", _LAYER + r".attention.proj.\2"),
+    rename_rule(r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(\w+)", _LAYER + r".mlp.\2.\3"),
+    rename_rule(r"norm\.(weight|bias)", r"layernorm.\1"),
 )
 
-_IDENTITY_RULES: tuple[_Rule, ...] = (_rule(r"(.+)", r"\1"),)
-
-_RULES: dict[SourceFormat, tuple[_Rule, ...]] = {
+_RULES: dict[SourceFormat, tuple[RenameRule, ...]] = {
     "huggingface": _HF_RULES,
     "timm": _TIMM_RULES,
-    "reid_transformers": _IDENTITY_RULES,
+    "reid_transformers": (rename_rule(r"(.+)", r"\1"),),
 }
 
 #: A key only this format has; also tells the prefix a wrapper put in front of the backbone
@@ -852,12 +820,6 @@ _HF_CONFIG_FIELDS = (
     "qkv_bias",
     "hidden_act",
 )
-
-_HUB_WEIGHT_FILES = ["config.json", "model.safetensors.index.json", "*.safetensors"]
-_TORCH_SUFFIXES = (".pth", ".pt", ".bin")
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-_LIST_LIMIT = 10
-
 
 def load_vit_pretrained(
     backbone: ViTBackbone,
@@ -908,7 +870,11 @@ def load_vit_pretrained(
     """
     if not isinstance(backbone, ViTBackbone):
         raise ValueError(f"backbone must be a ViTBackbone, got {type(backbone).__name__}")
-    state_dict, hf_config, description = _read_source(source)
+    state_dict, hf_config, description = read_checkpoint(
+        source,
+        example_repo="google/vit-base-patch16-224",
+        read_config=partial(read_hf_config, config_class=ViTConfig, kind="ViT"),
+    )
     if hf_config is not None:
         _check_hf_config(hf_config, backbone.config, description)
         if source_grid is None:
@@ -916,201 +882,27 @@ def load_vit_pretrained(
             patch_height, patch_width = _image_pair(hf_config.patch_size, "patch_size")
             source_grid = (height // patch_height, width // patch_width)
 
-    source_format, prefix = _detect_format(state_dict, description)
-    converted, sources_of, unexpected, ignored = _convert(state_dict, source_format, prefix)
-
-    own = backbone.state_dict()
-    for target in [key for key in converted if key not in own]:
-        unexpected.extend(sources_of[target])
-        del converted[target]
-    missing = [key for key in own if key not in converted]
-
+    source_format, prefix = detect_layout(state_dict, description, _FORMAT_MARKERS, "ViT")
+    converted = apply_rename_rules(
+        state_dict, prefix, _RULES[source_format], _IGNORED_HEADS[source_format]
+    )
     resized: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     position_key = "embeddings.position_embeddings"
-    if position_key in converted:
-        table = converted[position_key]
-        converted[position_key] = _position_table_for(
-            table, source_grid, backbone.embeddings, description
-        )
-        if converted[position_key] is not table:
-            resized[position_key] = (tuple(table.shape), tuple(converted[position_key].shape))
-
-    _load_checked(backbone, converted, missing, unexpected, strict, description, "backbone")
-    return LoadReport(
+    if position_key in converted.tensors:
+        table = converted.tensors[position_key]
+        fitted = _position_table_for(table, source_grid, backbone.embeddings, description)
+        if fitted is not table:
+            resized[position_key] = (tuple(table.shape), tuple(fitted.shape))
+        converted.tensors[position_key] = fitted
+    return load_converted(
+        backbone,
+        converted,
         source_format=source_format,
-        loaded=tuple(sorted(converted)),
-        missing=tuple(missing),
-        unexpected=tuple(unexpected),
-        ignored=tuple(ignored),
+        strict=strict,
+        description=description,
+        backbone_name="backbone",
         resized=resized,
     )
-
-
-def _load_checked(
-    backbone: nn.Module,
-    tensors: dict[str, torch.Tensor],
-    missing: list[str],
-    unexpected: list[str],
-    strict: bool,
-    description: str,
-    backbone_name: str,
-) -> None:
-    """Load converted ``tensors`` into ``backbone`` after checking every shape (and, with
-    ``strict``, that nothing is missing or unexpected); nothing is loaded when it raises."""
-    own = backbone.state_dict()
-    mismatched = [
-        f"{key}: checkpoint {tuple(tensor.shape)} vs backbone {tuple(own[key].shape)}"
-        for key, tensor in tensors.items()
-        if tensor.shape != own[key].shape
-    ]
-    if mismatched:
-        raise ValueError(
-            f"{description}: {len(mismatched)} tensor(s) have the wrong shape for this backbone "
-            f"(first {_LIST_LIMIT}): {mismatched[:_LIST_LIMIT]}"
-        )
-    if strict and (missing or unexpected):
-        raise ValueError(
-            f"{description} does not match the {backbone_name} (strict=True): {len(missing)} "
-            f"missing key(s) {missing[:_LIST_LIMIT]}, {len(unexpected)} unexpected key(s) "
-            f"{unexpected[:_LIST_LIMIT]} (at most {_LIST_LIMIT} of each shown); pass "
-            "strict=False to load the matching part"
-        )
-    backbone.load_state_dict(tensors, strict=False)
-
-
-def _read_source(
-    source: str | os.PathLike[str] | StateDict,
-) -> tuple[dict[str, torch.Tensor], ViTConfig | None, str]:
-    """(state dict, HF config if the source is an HF checkpoint folder, description)."""
-    if isinstance(source, Mapping):
-        return _tensor_dict(source, "the given state dict"), None, "the given state dict"
-    if not isinstance(source, (str, os.PathLike)):
-        raise ValueError(
-            "source must be a path, a Hub repository id or a state dict, got "
-            f"{type(source).__name__}"
-        )
-    path = _resolve_checkpoint(source, example_repo="google/vit-base-patch16-224")
-    if path.is_dir():
-        return _read_hf_folder(path)
-    return _read_state_dict_file(path), None, str(path)
-
-
-def _resolve_checkpoint(source: str | os.PathLike[str], example_repo: str) -> Path:
-    """A local checkpoint file or folder, or the folder a Hub repository id downloads to
-    (config and safetensors files only, never pickles). Shared by the backbone loaders."""
-    path = Path(source).expanduser()
-    if path.exists():
-        return path
-    text = os.fspath(source)
-    if not _REPO_ID.fullmatch(text) or text.endswith((".safetensors", *_TORCH_SUFFIXES)):
-        raise FileNotFoundError(
-            f"{text!r} is not an existing file or folder, nor a Hugging Face Hub repository id "
-            f"like {example_repo!r}"
-        )
-    try:
-        folder = snapshot_download(text, allow_patterns=_HUB_WEIGHT_FILES)
-    except (OSError, HFValidationError, hub_httpx.HTTPError) as error:
-        reason = (
-            "HF_HUB_OFFLINE is set" if hub_constants.HF_HUB_OFFLINE
-            else " ".join(f"{type(error).__name__}: {error}".split())
-        )
-        raise CheckpointUnavailableError(
-            f"{text!r} is not a local file or folder, and fetching it from the Hugging Face Hub "
-            f"failed ({reason}). Download it where the Hub is reachable (`hf download {text} "
-            f"--local-dir DIR`) and pass DIR instead (training: --pretrained_backbone DIR), or "
-            "start from random weights (training: --pretrained_backbone '')"
-        ) from error
-    return Path(folder)
-
-
-class CheckpointUnavailableError(OSError):
-    """A checkpoint named by a Hub id could not be fetched (offline, no network, unknown id)."""
-
-
-def _read_hf_config(folder: Path, config_class: type[PreTrainedConfig], kind: str):
-    """``folder/config.json`` as ``config_class``; clear errors when missing or invalid."""
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"{folder} has no config.json; expected a Hugging Face {kind} checkpoint folder "
-            "(config.json + model.safetensors)"
-        )
-    try:
-        return config_class.from_json_file(config_file)
-    except (json.JSONDecodeError, StrictDataclassError, TypeError, ValueError) as error:
-        raise ValueError(f"{config_file} is not a valid {kind} config: {error}") from error
-
-
-def _read_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ViTConfig, str]:
-    config = _read_hf_config(folder, ViTConfig, "ViT")
-
-    single, index, legacy = (
-        folder / "model.safetensors",
-        folder / "model.safetensors.index.json",
-        folder / "pytorch_model.bin",
-    )
-    if single.is_file():
-        state_dict = _read_state_dict_file(single)
-    elif index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as error:
-            raise ValueError(f"{index} is not a safetensors shard index: {error}") from error
-        state_dict = {}
-        for shard in shards:
-            state_dict.update(_read_state_dict_file(folder / shard))
-    elif legacy.is_file():
-        state_dict = _read_state_dict_file(legacy)
-    else:
-        raise FileNotFoundError(
-            f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
-        )
-    return state_dict, config, str(folder)
-
-
-def _read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {path} does not exist")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(path, device="cpu")
-        except SafetensorError as error:
-            raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
-    if path.suffix not in _TORCH_SUFFIXES:
-        raise ValueError(
-            f"{path}: unsupported checkpoint suffix {path.suffix!r}; expected .safetensors or "
-            f"one of {_TORCH_SUFFIXES}"
-        )
-    try:
-        # weights_only: a checkpoint is data, never code to run.
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ValueError(
-            f"{path} cannot be read with torch.load(weights_only=True) (it is corrupt, or holds "
-            f"objects other than tensors and plain containers): {error}"
-        ) from error
-    if isinstance(loaded, Mapping):
-        for wrapper in ("state_dict", "model", "module"):
-            if isinstance(loaded.get(wrapper), Mapping):
-                loaded = loaded[wrapper]
-                break
-    if not isinstance(loaded, Mapping):
-        raise ValueError(f"{path} holds a {type(loaded).__name__}, expected a state dict")
-    return _tensor_dict(loaded, str(path))
-
-
-def _tensor_dict(state_dict: Mapping[object, object], description: str) -> dict[str, torch.Tensor]:
-    bad = [
-        repr(key)
-        for key, value in state_dict.items()
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor)
-    ]
-    if bad:
-        raise ValueError(
-            f"{description}: a state dict maps str keys to tensors; these entries do not "
-            f"(first {_LIST_LIMIT}): {bad[:_LIST_LIMIT]}"
-        )
-    return dict(state_dict)  # type: ignore[arg-type]
 
 
 def _check_hf_config(hf_config: ViTConfig, config: PreTrainedConfig, description: str) -> None:
@@ -1134,71 +926,6 @@ def _check_hf_config(hf_config: ViTConfig, config: PreTrainedConfig, description
             hf_config.layer_norm_eps,
             config.layer_norm_eps,
         )
-
-
-def _detect_format(
-    state_dict: Mapping[str, torch.Tensor],
-    description: str,
-    markers: Mapping[str, str] = _FORMAT_MARKERS,
-    architecture: str = "ViT",
-) -> tuple[str, str]:
-    """(layout, prefix in front of the trunk's keys): the layout whose marker key some
-    checkpoint key ends with; ``markers`` maps each layout to its marker (shared with the
-    ResNet loader)."""
-    found: set[tuple[str, str]] = set()
-    for key in state_dict:
-        for source_format, marker in markers.items():
-            if key == marker or key.endswith("." + marker):
-                found.add((source_format, key[: len(key) - len(marker)]))
-    if not found:
-        raise ValueError(
-            f"{description} is not a recognised {architecture} checkpoint: no key ends with any "
-            f"of {sorted(markers.values())}; first keys: {list(state_dict)[:_LIST_LIMIT]}"
-        )
-    if len(found) > 1:
-        layouts = sorted(f"{fmt} under prefix {prefix!r}" for fmt, prefix in found)
-        raise ValueError(
-            f"{description} holds more than one {architecture} ({layouts}); extract the one "
-            "to load into a state dict of its own"
-        )
-    return found.pop()
-
-
-def _convert(
-    state_dict: Mapping[str, torch.Tensor], source_format: SourceFormat, prefix: str
-) -> tuple[dict[str, torch.Tensor], dict[str, list[str]], list[str], list[str]]:
-    """Rename to our keys and fuse q/k/v.
-
-    Returns (converted tensors, our key -> checkpoint keys it came from, unexpected
-    checkpoint keys, ignored head keys).
-    """
-    rules, heads = _RULES[source_format], _IGNORED_HEADS[source_format]
-    converted: dict[str, torch.Tensor] = {}
-    sources_of: dict[str, list[str]] = {}
-    qkv_parts: dict[str, dict[int, torch.Tensor]] = {}
-    unexpected: list[str] = []
-    ignored: list[str] = []
-    for key, tensor in state_dict.items():
-        inside = key.startswith(prefix)
-        name = key[len(prefix) :] if inside else key
-        rule = next((r for r in rules if r.pattern.fullmatch(name)), None) if inside else None
-        if rule is None:
-            # A head may sit outside the prefix (ViTForImageClassification: vit.* + classifier.*).
-            (ignored if heads.fullmatch(name) else unexpected).append(key)
-            continue
-        target = rule.pattern.sub(rule.target, name)
-        sources_of.setdefault(target, []).append(key)
-        if rule.qkv_slot is None:
-            converted[target] = tensor
-        else:
-            qkv_parts.setdefault(target, {})[rule.qkv_slot] = tensor
-    for target, parts in qkv_parts.items():
-        if len(parts) == 3:
-            converted[target] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
-        else:
-            # An incomplete q/k/v triple cannot fill the fused projection.
-            unexpected.extend(sources_of.pop(target))
-    return converted, sources_of, unexpected, ignored
 
 
 def _position_table_for(

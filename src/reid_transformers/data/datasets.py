@@ -86,6 +86,7 @@ from ..image_processing_reid import check_pil_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MARKET_NAME_PATTERN",
     "SPLITS",
     "available_datasets",
     "describe_dataset",
@@ -128,9 +129,12 @@ _SPLIT_FOLDERS: dict[str, str] = {
     "query": "query",
     "gallery": "bounding_box_test",
 }
-# Only the leading "<pid>_c<camera>" of a Market-style name is interpreted; the rest
-# (sequence, frame, box index) differs between releases and carries nothing the loaders need.
-_FOLDER_FILE_PATTERN = re.compile(r"^(-?\d+)_c(\d+)")
+#: The one rule for Market-style file names ``<pid>_c<camera>...``: group 1 is the identity
+#: (``-1`` = junk), group 2 the 1-based camera. Market-1501, DukeMTMC-reID, MSMT17 and the
+#: synthetic dataset all start names this way; retrieval parses gallery folders with it too.
+# Only the leading "<pid>_c<camera>" is interpreted; the rest (sequence, frame, box index)
+# differs between releases and carries nothing the loaders need.
+MARKET_NAME_PATTERN = re.compile(r"^(-?\d+)_c(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +227,7 @@ class _FolderLayout:
         return records
 
     def _parse_name(self, path: Path) -> tuple[int, int]:
-        match = _FOLDER_FILE_PATTERN.match(path.name)
+        match = MARKET_NAME_PATTERN.match(path.name)
         if match is None:
             raise ValueError(
                 f"{self.name}: file name {path.name!r} ({path}) does not fit the layout; "

@@ -55,7 +55,7 @@ Args (to `add_batch` and/or `compute`, all keyword-only):
     query_embeddings: (Q, D) float array; query_pids, query_camids: (Q,) integers.
     gallery_embeddings: (G, D) float array; gallery_pids, gallery_camids: (G,) integers.
 Options (to `compute`):
-    distance: "euclidean" (default) or "cosine".
+    distance: "cosine" (default; the package-wide default, also the CLI's) or "euclidean".
     max_rank: length of the returned CMC curve (default 50, clipped to the gallery size).
     ranks: which rank-k values to report (default (1, 5, 10)).
     rerank: apply k-reciprocal re-ranking (default False), with k1=20, k2=6,
@@ -167,7 +167,7 @@ class ReIDMetric(evaluate.Metric):
     def compute(
         self,
         *,
-        distance: str = "euclidean",
+        distance: str = "cosine",
         max_rank: int = 50,
         ranks: tuple[int, ...] = (1, 5, 10),
         rerank: bool = False,

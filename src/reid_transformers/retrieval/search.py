@@ -17,7 +17,6 @@ The model is anything :func:`~reid_transformers.retrieval.extraction.extract_emb
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, Features, Image, Value, load_from_disk
 
-from ..data.datasets import IMAGE_SUFFIXES, find_image_files
+from ..data.datasets import IMAGE_SUFFIXES, MARKET_NAME_PATTERN, find_image_files
 from .extraction import ImageProcessor, extract_embeddings
 from .index import GalleryIndex
 from .visualization import save_ranked_list
@@ -44,9 +43,6 @@ __all__ = [
     "search_gallery",
 ]
 
-#: File name suffixes (any case) that :func:`image_folder_dataset` treats as images.
-# Market-1501, DukeMTMC-reID, MSMT17 and the synthetic dataset all start names this way.
-_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 #: A reused index must return the first gallery image's fresh embedding with at least this
 #: cosine similarity; recomputing on another device or thread count moves it by ~1e-6, while
 #: another checkpoint or flip setting moves it far more.
@@ -66,7 +62,7 @@ def market_style_ids(path: str | os.PathLike[str]) -> tuple[int, int]:
         ``(pid, camid)``, or ``(-1, -1)`` (unknown) when the name does not fit, including a
         camera number below 1.
     """
-    match = _MARKET_NAME.match(Path(path).name)
+    match = MARKET_NAME_PATTERN.match(Path(path).name)
     if match is None or int(match.group(2)) < 1:
         return -1, -1
     return int(match.group(1)), int(match.group(2)) - 1

@@ -565,33 +565,48 @@ def apply_preset(args: ReIDTrainingArguments, explicit: set[str]) -> ReIDTrainin
     return args
 
 
+ARGUMENT_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def read_argument_file(path: str | Path) -> dict[str, Any]:
+    """The field values of a ``.yaml`` / ``.json`` argument file (e.g. ``configs/hat.yaml``),
+    checked against the fields of :class:`ReIDTrainingArguments`."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix == ".json":
+        values = json.loads(text)
+    else:
+        import yaml
+
+        values = yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values")
+    unknown = set(values) - {f.name for f in dataclasses.fields(ReIDTrainingArguments)}
+    if unknown:
+        raise ValueError(f"{path}: unknown arguments {sorted(unknown)}")
+    return values
+
+
 def parse_arguments(argv: list[str] | None = None) -> ReIDTrainingArguments:
-    """Parse flags, or a single ``.yaml``/``.json`` file of field values, then the preset."""
+    """Parse ``[FILE.yaml|FILE.json] [--flag value ...]``, then apply the preset.
+
+    The file's values (a recipe such as ``configs/hat.yaml``) replace the defaults, flags
+    replace the file's values, and a preset fills only what neither names.
+    """
     from transformers import HfArgumentParser
 
+    argv = list(argv or [])
+    file_values: dict[str, Any] = {}
+    if argv and Path(argv[0]).suffix in ARGUMENT_FILE_SUFFIXES:
+        file_values = read_argument_file(argv.pop(0))
     parser = HfArgumentParser(ReIDTrainingArguments)
-    if argv and len(argv) == 1 and Path(argv[0]).suffix in (".json", ".yaml", ".yml"):
-        path = Path(argv[0])
-        if path.suffix == ".json":
-            values = json.loads(path.read_text())
-        else:
-            import yaml
-
-            values = yaml.safe_load(path.read_text())
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a mapping of argument names to values")
-        unknown = set(values) - {f.name for f in dataclasses.fields(ReIDTrainingArguments)}
-        if unknown:
-            raise ValueError(f"{path}: unknown arguments {sorted(unknown)}")
-        args = ReIDTrainingArguments(**values)
-        explicit = set(values)
-    else:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
-        # Flags may be spelled with hyphens (--learning-rate), as the parser accepts.
-        given = [a.replace("-", "_") if a.startswith("--") else a for a in argv or []]
-        explicit = {
-            f.name
-            for f in dataclasses.fields(ReIDTrainingArguments)
-            if any(a == f"__{f.name}" or a.startswith(f"__{f.name}=") for a in given)
-        }
+    parser.set_defaults(**file_values)
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    # Flags may be spelled with hyphens (--learning-rate), as the parser accepts.
+    given = [a.replace("-", "_") if a.startswith("--") else a for a in argv]
+    explicit = set(file_values) | {
+        f.name
+        for f in dataclasses.fields(ReIDTrainingArguments)
+        if any(a == f"__{f.name}" or a.startswith(f"__{f.name}=") for a in given)
+    }
     return apply_preset(args, explicit)

@@ -227,7 +227,8 @@ def assignment_mask(
         raise ValueError(f"num_parts must be an integer >= 1, got {num_parts!r}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
-    if assignments.numel() > 0:
+    # Reading the values back is data-dependent, which torch.export cannot trace.
+    if assignments.numel() > 0 and not torch.compiler.is_exporting():
         low, high = (int(value) for value in torch.aminmax(assignments))
         if low < 0 or high >= num_parts:
             raise ValueError(

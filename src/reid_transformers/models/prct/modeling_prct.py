@@ -309,7 +309,11 @@ class PRCTPartEmbeddings(nn.Module):
         if self.projection is not None:
             tokens = self.projection(tokens)
         if self.use_sine:
-            code = _cached_sincos(rows, cols, self.hidden_size)
+            if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+                # A traced call must not leave its traced stand-in in the cache.
+                code = sincos_position_encoding_2d(rows, cols, self.hidden_size)
+            else:
+                code = _cached_sincos(rows, cols, self.hidden_size)
             tokens = tokens + code.to(device=tokens.device, dtype=tokens.dtype)
         if self.position_embeddings is not None:
             tokens = tokens + self.learned_positions((rows, cols)).to(tokens.dtype)
