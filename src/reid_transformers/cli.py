@@ -32,7 +32,7 @@ from transformers import HfArgumentParser
 
 from . import __version__
 from .backbones import CheckpointUnavailableError
-from .data import SPLITS, load_reid_dataset
+from .data import SPLITS
 from .evaluation import DISTANCE_METRICS
 from .hub import HubPushError, push_to_hub, save_model_card
 from .pipelines import (
@@ -190,17 +190,6 @@ def _load_dataset(args: argparse.Namespace, *, progress: bool) -> DatasetDict:
     would stop at the first unreadable one): the embedding step finds them and leaves them
     out. The synthetic images are generated, hence always readable.
     """
-    if args.skip_unreadable and args.dataset != "synthetic":
-        if args.data_dir is None:
-            raise ValueError(f"--data-dir is required for dataset {args.dataset!r}")
-        return load_reid_dataset(
-            args.dataset,
-            args.data_dir,
-            merge_val=args.merge_val,
-            cuhk03_split=args.cuhk03_split,
-            verify_images="none",
-            progress=progress,
-        )
     return load_training_data(
         ReIDTrainingArguments(
             dataset=args.dataset,
@@ -208,7 +197,8 @@ def _load_dataset(args: argparse.Namespace, *, progress: bool) -> DatasetDict:
             cuhk03_split=args.cuhk03_split,
             merge_val=args.merge_val,
             progress=progress,
-        )
+        ),
+        verify_images="none" if args.skip_unreadable else "header",
     )
 
 

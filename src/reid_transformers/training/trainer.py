@@ -113,9 +113,12 @@ class TrainerState:
         self.last_evaluation = state.get("last_evaluation")
 
 
-def load_training_data(args: ReIDTrainingArguments) -> DatasetDict:
-    """The dataset named by ``args`` (the synthetic one is generated or reused; the name was
-    checked with the arguments)."""
+def load_training_data(
+    args: ReIDTrainingArguments, *, verify_images: str = "header"
+) -> DatasetDict:
+    """The dataset named by ``args`` (the synthetic one is generated, hence always readable,
+    or reused; the name was checked with the arguments). ``verify_images`` as for
+    ``load_reid_dataset`` ("none" leaves unreadable files to the embedding step)."""
     if args.dataset == "synthetic":
         root = make_synthetic_reid(args.data_dir, progress=args.progress)
         return load_reid_dataset("market1501", root, progress=args.progress)
@@ -126,6 +129,7 @@ def load_training_data(args: ReIDTrainingArguments) -> DatasetDict:
         args.data_dir,
         merge_val=args.merge_val,
         cuhk03_split=args.cuhk03_split,
+        verify_images=verify_images,
         progress=args.progress,
     )
 
