@@ -350,9 +350,10 @@ class ReIDPreTrainedModel(PreTrainedModel):
 
 
 class ResNetReIDPreTrainedModel(ReIDPreTrainedModel):
-    """Base of the models on the shared ResNet-50 trunk (PAN, HAT, PRCT), which a subclass
-    builds as ``self.resnet = ResNetBackbone(config)``: the trunk's stages are the unfreezable
-    blocks, ImageNet weights load into it, new convolutions get He init."""
+    """Base of the models on the shared ResNet trunk of any depth (PAN, HAT, PRCT; ResNet-50
+    by default), which a subclass builds as ``self.resnet = ResNetBackbone(config)``: the
+    trunk's stages are the unfreezable blocks, ImageNet weights load into it, new
+    convolutions get He init."""
 
     trunk_parameter_prefixes = ("resnet.",)
     he_init_convolutions = True
@@ -361,6 +362,7 @@ class ResNetReIDPreTrainedModel(ReIDPreTrainedModel):
         return self.resnet.unfreezable_blocks()
 
     def load_pretrained_backbone(self, source: str, *, strict: bool = True) -> LoadReport:
-        """Load ImageNet ResNet-50 weights (Hub id such as ``microsoft/resnet-50``, local
-        folder or torchvision state dict) into the trunk; see `load_resnet_pretrained`."""
+        """Load ImageNet ResNet weights of the config's depth (Hub id such as
+        ``microsoft/resnet-50`` or ``microsoft/resnet-18``, local folder or torchvision state
+        dict) into the trunk; see `load_resnet_pretrained`."""
         return load_resnet_pretrained(self.resnet, source, strict=strict)
