@@ -38,6 +38,21 @@ def arguments(output_dir, **overrides):
     return ReIDTrainingArguments(**values)
 
 
+def crash_in_second_epoch(trainer: ReIDTrainer, monkeypatch) -> None:
+    """Train ``trainer`` and crash it at the start of its second epoch (state/ holds
+    epoch 1)."""
+    real_epoch = trainer._train_epoch
+
+    def crashing(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated crash")
+        real_epoch(epoch)
+
+    monkeypatch.setattr(trainer, "_train_epoch", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+
+
 def test_training_writes_checkpoints_cards_and_logs(tmp_path, data, capfd):
     trainer = ReIDTrainer(arguments(tmp_path), data=data)
     metrics = trainer.train()
@@ -94,17 +109,9 @@ def test_resumed_run_reaches_the_same_weights(tmp_path, data, monkeypatch):
     straight = ReIDTrainer(arguments(tmp_path / "straight", eval_every=0), data=data)
     straight.train()
 
-    crashing = ReIDTrainer(arguments(tmp_path / "resumed", eval_every=0), data=data)
-    real_epoch = crashing._train_epoch
-
-    def crash_in_second_epoch(epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt("simulated crash")
-        real_epoch(epoch)
-
-    monkeypatch.setattr(crashing, "_train_epoch", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        crashing.train()
+    crash_in_second_epoch(
+        ReIDTrainer(arguments(tmp_path / "resumed", eval_every=0), data=data), monkeypatch
+    )
     assert not (tmp_path / "resumed" / "last").exists()
     second = ReIDTrainer(arguments(tmp_path / "resumed", eval_every=0, resume=True), data=data)
     second.train()

@@ -26,7 +26,7 @@ from reid_transformers.data import load_reid_dataset, make_synthetic_reid
 from reid_transformers.training import ReIDTrainer
 from reid_transformers.training import trainer as trainer_module
 
-from .test_trainer import arguments
+from .test_trainer import arguments, crash_in_second_epoch
 
 RUN_FILES = ["best", "last", "metrics.jsonl", "state", "training_args.json"]
 
@@ -138,17 +138,7 @@ ACCELERATE_PICKLES = ["custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl",
 
 def _interrupted_run(output_dir: Path, data, monkeypatch) -> None:
     """Two epochs planned, killed in the second: state/ holds epoch 1."""
-    trainer = ReIDTrainer(arguments(output_dir, eval_every=0), data=data)
-    real_epoch = trainer._train_epoch
-
-    def crash_in_second_epoch(epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt("simulated crash")
-        real_epoch(epoch)
-
-    monkeypatch.setattr(trainer, "_train_epoch", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train()
+    crash_in_second_epoch(ReIDTrainer(arguments(output_dir, eval_every=0), data=data), monkeypatch)
 
 
 @pytest.mark.parametrize("tampered", [["custom_checkpoint_0.pkl"], ACCELERATE_PICKLES])

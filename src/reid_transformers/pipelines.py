@@ -319,6 +319,13 @@ class CheckpointEvaluation:
             raise ValueError(f"{path}: {error}") from error
 
 
+def _embed_readable(model, dataset: Dataset, processor, **options) -> tuple[np.ndarray, np.ndarray]:
+    """``extract_embeddings`` of ``dataset`` and which rows were readable: with
+    ``skip_unreadable`` it leaves NaN rows for the skipped images, and only for them."""
+    embeddings = extract_embeddings(model, dataset, processor, **options)
+    return embeddings, ~np.isnan(embeddings).any(axis=1)
+
+
 def evaluate_checkpoint(
     model: str | os.PathLike[str],
     data: Mapping[str, Dataset],
@@ -374,19 +381,10 @@ def evaluate_checkpoint(
     loaded, processor = load_checkpoint(model, device=device)
     inputs: dict[str, np.ndarray] = {}
     skipped_images: dict[str, list[str]] = {}
+    options = dict(batch_size=batch_size, flip=flip, num_workers=num_workers,
+                   progress=progress, skip_unreadable=skip_unreadable)
     for split in _EVALUATED_SPLITS:
-        embeddings = extract_embeddings(
-            loaded,
-            data[split],
-            processor,
-            batch_size=batch_size,
-            flip=flip,
-            num_workers=num_workers,
-            progress=progress,
-            skip_unreadable=skip_unreadable,
-        )
-        # extract_embeddings leaves NaN rows for the skipped images and only for them.
-        readable = ~np.isnan(embeddings).any(axis=1)
+        embeddings, readable = _embed_readable(loaded, data[split], processor, **options)
         if not readable.any():
             raise ValueError(
                 f"none of the {len(readable)} {split!r} images could be read; there is "
@@ -635,19 +633,10 @@ def extract_checkpoint_embeddings(
     readable_parts: list[np.ndarray] = []
     skipped_paths: list[str] = []
     skipped_splits: list[str] = []
+    options = dict(batch_size=batch_size, flip=flip, num_workers=num_workers,
+                   progress=progress, skip_unreadable=skip_unreadable)
     for name, dataset in splits.items():
-        embeddings = extract_embeddings(
-            loaded,
-            dataset,
-            processor,
-            batch_size=batch_size,
-            flip=flip,
-            num_workers=num_workers,
-            progress=progress,
-            skip_unreadable=skip_unreadable,
-        )
-        # extract_embeddings leaves NaN rows for the skipped images and only for them.
-        readable = ~np.isnan(embeddings).any(axis=1)
+        embeddings, readable = _embed_readable(loaded, dataset, processor, **options)
         unread = np.flatnonzero(~readable)
         if unread.size:
             skipped_paths += _image_names(dataset, unread)
