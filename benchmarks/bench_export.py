@@ -2,13 +2,20 @@
 
 For each architecture (default configuration at its default input size, or ``--tiny`` for
 the test suite's tiny ones): images per second at batch 1 and 32 with PyTorch eager fp32,
-PyTorch bf16 autocast, onnxruntime fp32 and onnxruntime int8 (dynamic quantisation of the
-MatMul/Gemm weights by ``onnxruntime.quantization.quantize_dynamic``), plus the fp32 export's
-max abs difference / min cosine against PyTorch at batch 1, 7 and 32, and the int8 model's
-min cosine against PyTorch. Random weights: the figures are costs and agreement, not
-accuracy. An architecture that fails to export is reported as such and the run goes on.
+PyTorch bf16 autocast, onnxruntime fp32 and onnxruntime int8 (``quantize_onnx``:
+onnxruntime's dynamic quantisation of the MatMul / Gemm / Conv weights), plus the fp32
+export's max abs difference / min cosine against PyTorch at batch 1, 7 and 32, and the int8
+model's min cosine against PyTorch. Random weights: the figures are costs and agreement,
+not accuracy. An architecture that fails to export is reported as such and the run goes on.
+
+With ``--checkpoint DIR`` (a trained checkpoint, e.g. ``examples/demo.py``'s
+``training/best``) it measures accuracy instead: the synthetic dataset's query and gallery
+(generated or reused as the demo does) are embedded by ``ReIDEmbedder`` with PyTorch fp32,
+onnxruntime fp32 and onnxruntime int8, and mAP / rank-1 / mINP of each are printed side by
+side with the cosine of each row to PyTorch's.
 
     python benchmarks/bench_export.py [--tiny] [--archs pan hat] [--repeats 3] [--threads N]
+    python benchmarks/bench_export.py --checkpoint outputs/demo/training/best
 """
 
 from __future__ import annotations
@@ -25,10 +32,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import inference_seconds  # noqa: E402
 
+from reid_transformers.data.datasets import load_reid_dataset  # noqa: E402
+from reid_transformers.data.synthetic import make_synthetic_reid  # noqa: E402
+from reid_transformers.deployment import ReIDEmbedder  # noqa: E402
 from reid_transformers.deployment.export import (  # noqa: E402
     compare_with_onnxruntime,
     export_onnx,
+    quantize_onnx,
 )
+from reid_transformers.evaluation import evaluate_ranking  # noqa: E402
 from reid_transformers.models import ARCHITECTURES  # noqa: E402
 
 TINY = {
@@ -71,8 +83,6 @@ def ort_seconds(ort_session, pixel_values: np.ndarray, repeats: int) -> tuple[fl
 
 
 def bench_architecture(name, config_class, model_class, args, folder: Path) -> list[str]:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     settings = TINY[name] if args.tiny else {}
     torch.manual_seed(0)
     model = model_class(config_class(**settings)).eval()
@@ -82,8 +92,7 @@ def bench_architecture(name, config_class, model_class, args, folder: Path) -> l
     except RuntimeError as error:
         return [f"{name}: export failed: {str(error).splitlines()[0][:200]}"]
     parity = compare_with_onnxruntime(model, path, (1, 7, 32))
-    int8_path = folder / f"{name}.int8.onnx"
-    quantize_dynamic(str(path), str(int8_path), weight_type=QuantType.QInt8)
+    int8_path = quantize_onnx(path, folder / f"{name}.int8.onnx").path
     fp32_session, int8_session = session(path, args.threads), session(int8_path, args.threads)
     lines = [
         f"{name} ({result.exporter}; input {tuple(result.metadata['input_size'])}, "
@@ -116,14 +125,71 @@ def bench_architecture(name, config_class, model_class, args, folder: Path) -> l
     return lines
 
 
+def min_and_mean_cosine(rows: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Row-wise cosine of two ``(N, D)`` arrays of unit rows: smallest and mean."""
+    cosine = (rows * reference).sum(1)
+    return float(cosine.min()), float(cosine.mean())
+
+
+def accuracy_lines(checkpoint: Path, args, folder: Path) -> list[str]:
+    """mAP / rank-1 / mINP of a trained checkpoint through each backend, one line each."""
+    root = make_synthetic_reid(args.data_dir, progress=False)
+    data = load_reid_dataset("market1501", root, progress=False)
+    query, gallery = data["query"], data["gallery"]
+    labels = (query["pid"], gallery["pid"], query["camid"], gallery["camid"])
+    fp32 = export_onnx(checkpoint, folder / "model.onnx")
+    int8 = quantize_onnx(fp32.path, folder / "model.int8.onnx")
+    embedders = {
+        "PyTorch fp32": ReIDEmbedder.from_pretrained(checkpoint, device="cpu"),
+        "onnxruntime fp32": ReIDEmbedder.from_onnx(fp32.path),
+        "onnxruntime int8": ReIDEmbedder.from_onnx(int8.path),
+    }
+    query_images, gallery_images = list(query["image"]), list(gallery["image"])
+    lines = [
+        f"{checkpoint} ({fp32.metadata['architecture']}, input "
+        f"{tuple(fp32.metadata['input_size'])}, D={fp32.metadata['embedding_dim']}): "
+        f"{len(query)} queries, {len(gallery)} gallery images, cosine distance, no flip",
+        f"ONNX files: fp32 {fp32.path.stat().st_size / 1e6:.2f} MB, "
+        f"int8 {int8.path.stat().st_size / 1e6:.2f} MB",
+        f"{'backend':<18}{'mAP':>8}{'rank-1':>8}{'mINP':>8}   cosine to PyTorch (min / mean)",
+    ]
+    reference = None
+    for name, embedder in embedders.items():
+        query_embeddings, gallery_embeddings = embedder(query_images), embedder(gallery_images)
+        both = np.concatenate([query_embeddings, gallery_embeddings])
+        reference = both if reference is None else reference
+        metrics = evaluate_ranking(
+            query_embeddings, gallery_embeddings, *labels, metric="cosine"
+        ).as_dict((1,))
+        lowest, mean = min_and_mean_cosine(both, reference)
+        lines.append(
+            f"{name:<18}{100 * metrics['mAP']:7.2f}%{100 * metrics['rank-1']:7.2f}%"
+            f"{100 * metrics['mINP']:7.2f}%   {lowest:.6f} / {mean:.6f}"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="the test suite's tiny configs")
     parser.add_argument("--archs", nargs="+", default=None, help="model types (default all)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None,
+        help="a trained checkpoint: print the accuracy of each backend instead of speed",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=None,
+        help="synthetic dataset folder for --checkpoint (default: the demo's cache folder)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.checkpoint is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            for line in accuracy_lines(args.checkpoint, args, Path(folder)):
+                print(line, flush=True)
+        return
     known = {config.model_type: (config, model) for config, model, _ in ARCHITECTURES}
     names = args.archs or list(known)
     unknown = sorted(set(names) - set(known))

@@ -1,17 +1,23 @@
-"""Benchmark k-reciprocal re-ranking: ours vs the usual dense numpy implementation.
+"""Benchmark k-reciprocal re-ranking: ours (default precision) vs ours in plain float32 vs
+the usual dense numpy implementation.
 
 Run ``python benchmarks/bench_reranking.py`` (Market-1501 scale by default: 3,368 queries x
-15,913 gallery, 768-d). Every variant runs in its own child process, which reports its own
-peak resident memory (``VmHWM``).
+15,913 gallery, 2048-d; ``--dataset msmt17`` for 11,659 x 82,161). Every variant runs in its
+own child process, which reports its own peak resident memory (``VmHWM``; on CUDA also the
+peak of allocated GPU memory).
 Seconds cover only the re-ranking call, not data loading or imports; peak memory covers the
 whole child, including the interpreter, torch and the input arrays (the "before" column is
 the child's peak just before the call).
 
-The baseline is the widely used formulation written out as usual: dense ``N x N``
-float32 distance, full ``argsort``, per-item loops for the k-reciprocal sets and an
-inverted index for the Jaccard term. At full scale it needs about a minute and several GB.
-``--baseline-scale 0.25`` runs it (and a matching run of ours, for the agreement check) on
-the first quarter of queries and gallery instead.
+Variants: ``ours`` is ``k_reciprocal_rerank`` with its default ``precision`` (bfloat16
+candidates settled in float32 on CPUs with bfloat16 matrix products), ``float32`` the same
+function with ``precision="float32"`` (the plain path, the baseline for speed and memory at
+any scale), and ``baseline`` the widely used formulation written out as usual: dense
+``N x N`` float32 distance, full ``argsort``, per-item loops for the k-reciprocal sets and
+an inverted index for the Jaccard term. That one needs ``N x N`` memory (too much at MSMT17
+scale), so ``--baseline-scale 0.25`` runs it (and a matching run of ours, for the agreement
+check) on the first quarter of queries and gallery instead. ``--device cuda`` runs ours on
+CUDA tensors.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import correlated_features, status_mb  # noqa: E402
 
-VARIANTS = ("ours", "baseline")
+VARIANTS = ("ours", "float32", "baseline")
+DATASETS = {"market1501": (3368, 15913, 751), "msmt17": (11659, 82161, 3060)}
 
 
 def _reciprocal(initial_rank: np.ndarray, item: int, k: int) -> np.ndarray:
@@ -91,21 +98,33 @@ def baseline_rerank(
     return final[:, num_query:]
 
 
-def run_child(variant: str, workdir: Path, scale: float, chunk_size: int | None) -> None:
+def run_child(
+    variant: str, workdir: Path, scale: float, chunk_size: int | None, device: str
+) -> None:
     """Child process body: load inputs, time one call, save output and timings."""
     query = np.load(workdir / "query.npy")
     gallery = np.load(workdir / "gallery.npy")
     query = query[: max(1, round(scale * len(query)))]
     gallery = gallery[: max(1, round(scale * len(gallery)))]
-    if variant == "ours":
-        from reid_transformers.evaluation.reranking import k_reciprocal_rerank
-
-        def rerank() -> np.ndarray:
-            return k_reciprocal_rerank(query, gallery, chunk_size=chunk_size).numpy()
-    else:
+    if variant == "baseline":
 
         def rerank() -> np.ndarray:
             return baseline_rerank(query, gallery)
+    else:
+        import torch
+
+        from reid_transformers.evaluation.reranking import k_reciprocal_rerank
+
+        precision = "float32" if variant == "float32" else None
+        inputs = [torch.from_numpy(x).to(device) for x in (query, gallery)]
+
+        def rerank() -> np.ndarray:
+            # The baseline squares Euclidean distances; the same metric keeps the
+            # agreement check meaningful (speed does not depend on it).
+            result = k_reciprocal_rerank(
+                *inputs, metric="euclidean", chunk_size=chunk_size, precision=precision
+            )
+            return result.cpu().numpy()
 
     before_mb = status_mb("VmHWM")
     start, start_cpu = time.perf_counter(), time.process_time()
@@ -118,17 +137,32 @@ def run_child(variant: str, workdir: Path, scale: float, chunk_size: int | None)
         "cpu_seconds": cpu_seconds,
         "before_mb": before_mb,
         "peak_mb": status_mb("VmHWM"),
+        "gpu_peak_mb": cuda_peak_mb(device),
         "shape": list(result.shape),
     }
     (workdir / f"{tag}.json").write_text(json.dumps(report))
 
 
+def cuda_peak_mb(device: str) -> float | None:
+    """Peak allocated CUDA memory of this process in MB, or None off CUDA."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
 def measure(
-    variant: str, workdir: Path, scale: float, chunk_size: int | None, threads: int | None
+    variant: str,
+    workdir: Path,
+    scale: float,
+    chunk_size: int | None,
+    threads: int | None,
+    device: str,
 ) -> dict:
     """Run one variant in a child process and return its timings and peak RSS (MB)."""
     command = [sys.executable, __file__, "--child", variant, "--workdir", str(workdir)]
-    command += ["--scale", str(scale)]
+    command += ["--scale", str(scale), "--device", device]
     if chunk_size is not None:
         command += ["--chunk-size", str(chunk_size)]
     env = dict(os.environ)
@@ -146,10 +180,18 @@ def measure(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=3368)
-    parser.add_argument("--gallery", type=int, default=15913)
-    parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--ids", type=int, default=751, help="number of identities")
+    parser.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        default="market1501",
+        help="sets queries, gallery and identities to that test split's sizes",
+    )
+    parser.add_argument("--queries", type=int, default=None, help="overrides --dataset")
+    parser.add_argument("--gallery", type=int, default=None, help="overrides --dataset")
+    parser.add_argument("--ids", type=int, default=None, help="identities; overrides --dataset")
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--device", default="cpu", help="torch device for ours, e.g. cuda")
+    parser.add_argument("--skip-float32", action="store_true", help="skip the float32 variant")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk-size", type=int, default=None, help="ours: block size")
     parser.add_argument(
@@ -168,8 +210,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.child:
-        run_child(args.child, args.workdir, args.scale, args.chunk_size)
+        run_child(args.child, args.workdir, args.scale, args.chunk_size, args.device)
         return
+    defaults = dict(zip(("queries", "gallery", "ids"), DATASETS[args.dataset], strict=True))
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     for name in ("queries", "gallery", "dim", "ids", "threads", "chunk_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             flag = name.replace("_", "-")
@@ -192,35 +238,49 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
 
-        runs = [measure("ours", workdir, 1.0, args.chunk_size, args.threads)]
+        def run(variant: str, scale: float) -> dict:
+            chunk_size = None if variant == "baseline" else args.chunk_size
+            return measure(variant, workdir, scale, chunk_size, args.threads, args.device)
+
+        runs = [run("ours", 1.0)]
+        if not args.skip_float32:
+            runs.append(run("float32", 1.0))
         if not args.skip_baseline:
             if args.baseline_scale != 1.0:
-                runs.append(
-                    measure("ours", workdir, args.baseline_scale, args.chunk_size, args.threads)
-                )
-            runs.append(measure("baseline", workdir, args.baseline_scale, None, args.threads))
+                runs.append(run("ours", args.baseline_scale))
+            runs.append(run("baseline", args.baseline_scale))
+        scale = args.baseline_scale
 
-        header = ("variant", "Q x G", "seconds", "CPU s", "peak MB", "before MB")
-        print("\n{:<10}{:>13}{:>10}{:>8}{:>10}{:>11}".format(*header))
-        for run in runs:
-            items = "x".join(str(n) for n in run["shape"])
+        header = ("variant", "Q x G", "seconds", "CPU s", "peak MB", "before MB", "GPU MB")
+        print("\n{:<10}{:>13}{:>10}{:>8}{:>10}{:>11}{:>9}".format(*header))
+        for report in runs:
+            items = "x".join(str(n) for n in report["shape"])
+            gpu = report["gpu_peak_mb"]
             print(
-                f"{run['variant']:<10}{items:>13}{run['seconds']:>10.2f}"
-                f"{run['cpu_seconds']:>8.1f}{run['peak_mb']:>10.0f}{run['before_mb']:>11.0f}"
+                f"{report['variant']:<10}{items:>13}{report['seconds']:>10.2f}"
+                f"{report['cpu_seconds']:>8.1f}{report['peak_mb']:>10.0f}"
+                f"{report['before_mb']:>11.0f}{'-' if gpu is None else f'{gpu:.0f}':>9}"
             )
+        print()
+        if not args.skip_float32:
+            compare(workdir, runs[0], runs[1], "float32")
         if not args.skip_baseline:
-            ours, baseline = runs[-2], runs[-1]
-            diff = np.abs(
-                np.load(workdir / f"ours-{args.baseline_scale:g}.npy")
-                - np.load(workdir / f"baseline-{args.baseline_scale:g}.npy")
-            )
-            print(
-                f"\nours / baseline at {ours['shape'][0]}x{ours['shape'][1]}: "
-                f"time {ours['seconds'] / baseline['seconds']:.3f}, "
-                f"peak memory {ours['peak_mb'] / baseline['peak_mb']:.3f}\n"
-                f"max |ours - baseline| = {diff.max():.3g}; "
-                f"entries differing by more than 1e-5: {np.mean(diff > 1e-5):.2e}"
-            )
+            ours = next(r for r in runs if r["variant"] == "ours" and r["scale"] == scale)
+            compare(workdir, ours, runs[-1], "baseline")
+
+
+def compare(workdir: Path, ours: dict, other: dict, name: str) -> None:
+    """Print ours / other time and peak-memory ratios and their largest difference."""
+    scale = f"{ours['scale']:g}"
+    theirs = np.load(workdir / f"{other['variant']}-{scale}.npy")
+    diff = np.abs(np.load(workdir / f"ours-{scale}.npy") - theirs)
+    print(
+        f"ours / {name} at {ours['shape'][0]}x{ours['shape'][1]}: "
+        f"time {ours['seconds'] / other['seconds']:.3f}, "
+        f"peak memory {ours['peak_mb'] / other['peak_mb']:.3f}; "
+        f"max |ours - {name}| = {diff.max():.3g}, "
+        f"entries differing by more than 1e-5: {np.mean(diff > 1e-5):.2e}"
+    )
 
 
 if __name__ == "__main__":

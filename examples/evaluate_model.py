@@ -11,7 +11,7 @@ Prints mAP, rank-1/5/10 and mINP under the Market-1501 protocol, optionally with
 averaging and k-reciprocal re-ranking. `--dataset synthetic` (the default) uses the
 embedded dataset. In your own code:
 
-    from reid_transformers.pipelines import evaluate_checkpoint
+    from reid_transformers.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint("runs/la-market/best", data, dataset="market1501", flip=True)
     print(result.format_table())

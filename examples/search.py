@@ -14,7 +14,7 @@ list as a PNG.
 
 The work is done by library functions you can call from your own code:
 
-    from reid_transformers.pipelines import load_checkpoint
+    from reid_transformers.models.auto import load_checkpoint
     from reid_transformers.retrieval.search import (
         load_gallery, prepare_gallery_index, search_gallery)
 

@@ -70,6 +70,20 @@ class ReIDModelTests:
         assert all(f.ndim == 2 and len(f) == 4 for f in out.features)
         assert list(out.keys())[0] == "embeddings"
 
+    def test_forward_flags_default_to_the_config(self):
+        model = self.make_model().eval()
+        pixels, labels = self.pixel_values(), self.labels()
+        with torch.no_grad():
+            out = model(pixels, labels=labels)
+            as_tuple = model(pixels, labels=labels, return_dict=False)
+            assert out.hidden_states is None
+            model.config.output_hidden_states = True
+            assert model(pixels).hidden_states is not None
+            model.config.return_dict = False
+            assert isinstance(model(pixels), tuple)
+        assert len(as_tuple) == len(out.to_tuple())
+        assert torch.equal(as_tuple[0], out.embeddings)
+
     def test_feature_extractor_has_no_heads(self):
         model = self.make_model(num_identities=0).eval()
         out = model(self.pixel_values())

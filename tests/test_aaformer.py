@@ -124,9 +124,9 @@ def test_nearest_assignment_switch_runs():
     [
         ({"part_granularities": (2, 0)}, "part_granularities"),
         ({"assignment": "greedy"}, "assignment must be one of"),
-        ({"ot_epsilon": 0}, "ot_epsilon must be > 0"),
+        ({"ot_epsilon": 0}, "ot_epsilon must be a positive finite number"),
         ({"ot_iterations": 0}, "ot_iterations must be an integer >= 1"),
-        ({"triplet_margin": -1.0}, "triplet_margin must be > 0 or None"),
+        ({"triplet_margin": -1.0}, r"triplet_margin must be a positive finite number, got -1.0"),
         ({"label_smoothing": 1.0}, "label_smoothing"),
         ({"parts_visible_to_all": 1}, "parts_visible_to_all must be a bool"),
         (

@@ -172,7 +172,7 @@ def test_batch_augmentation_applies_cutout_last():
     [
         (lambda: random_horizontal_flip(torch.zeros(3, 8, 8)), r"\(B, C, H, W\)"),
         (lambda: random_horizontal_flip(torch.zeros(1, 3, 8, 8, dtype=torch.int32)), "uint8 or"),
-        (lambda: random_horizontal_flip(torch.zeros(1, 3, 8, 8), p=1.5), "probability"),
+        (lambda: random_horizontal_flip(torch.zeros(1, 3, 8, 8), p=1.5), r"p must be in \[0, 1\]"),
         (lambda: pad_random_crop(torch.zeros(1, 3, 8, 8), padding=-1), "padding must be"),
         (lambda: random_erasing(torch.zeros(1, 3, 8, 8), area=(0.5, 0.1)), "area must"),
         (lambda: BatchAugmentation(erasing_p=2), "erasing_p"),

@@ -22,9 +22,10 @@ from reid_transformers import (
     LATransformerModel,
     hub,
 )
-from reid_transformers.evaluation import ReIDMetric
-from reid_transformers.hub import render_model_card, save_model_card
-from reid_transformers.pipelines import CheckpointEvaluation, write_model_card
+from reid_transformers.data import load_reid_dataset
+from reid_transformers.evaluation import CheckpointEvaluation, ReIDMetric
+from reid_transformers.hub import render_model_card, save_model_card, write_model_card
+from reid_transformers.training import ReIDTrainer, ReIDTrainingArguments
 
 from .fake_hub import FakeHub, HubError, use_fake_hub
 from .test_aaformer import TINY as AAFORMER_TINY
@@ -318,6 +319,36 @@ def test_a_card_without_inputs_file_keeps_its_metadata_facts(tmp_path):
     assert update.data_layout == "dukemtmc" and update.dataset is None
     assert update.inputs.reranked_metrics == {"mAP": 0.6, "rank-1": 0.74}
     assert not (folder / hub.CARD_INPUTS_NAME).exists()
+
+
+# ---------------------------------------------------------------------- the card's name
+def test_default_model_name_is_the_folder_or_for_best_and_last_the_run(tmp_path):
+    assert hub.default_model_name(tmp_path / "la-shop" / "best", "la_transformer") == "la-shop"
+    assert hub.default_model_name(tmp_path / "la-shop" / "last", "la_transformer") == "la-shop"
+    assert hub.default_model_name(tmp_path / "exported", "pan", "market1501") == "exported"
+    assert hub.default_model_name("/", "pan", "market1501") == "pan-market1501"  # no name
+    assert hub.default_model_name("/", "pan") == "pan-reid"
+
+
+def test_training_and_the_card_command_name_a_checkpoint_alike(capsys, tmp_path, root):
+    """The trainer's card and one the `card` command renders again (without the saved
+    inputs, which would carry the name over) use the one naming rule."""
+    run_dir = tmp_path / "la-shop"
+    trunk = {key: value for key, value in LA_TINY.items()
+             if key not in ("image_size", "num_identities")}  # the trainer sets these
+    args = ReIDTrainingArguments(
+        model="la_transformer", output_dir=str(run_dir), epochs=1, image_size=(32, 16),
+        model_overrides=json.dumps(trunk), identities_per_batch=4, instances_per_identity=2,
+        progress=False, batch_size_eval=16,
+    )
+    ReIDTrainer(args, data=load_reid_dataset("market1501", root, progress=False)).train()
+    for kind in ("best", "last"):
+        folder = run_dir / kind
+        assert hub.CardInputs.load(folder).model_name == "la-shop"
+        (folder / hub.CARD_INPUTS_NAME).unlink()
+        (folder / "README.md").unlink()
+        code, out, _ = run(capsys, "card", "--model", folder)
+        assert code == 0 and f"Wrote {folder / 'README.md'} ('la-shop')" in out
 
 
 # ---------------------------------------------------------------------- what the data is

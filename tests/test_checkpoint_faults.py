@@ -29,7 +29,7 @@ from reid_transformers.modeling_utils import (
     check_finite_weights,
     check_saved_weights,
 )
-from reid_transformers.pipelines import checkpoint_source, load_checkpoint
+from reid_transformers.models.auto import checkpoint_source, load_checkpoint
 
 # Modules, not their test classes: a class imported here would be collected and run again.
 from . import test_aaformer, test_hat, test_la_transformer, test_pan, test_prct
@@ -243,7 +243,7 @@ def test_a_state_dict_with_nan_is_rejected():
         type(model).from_pretrained(None, config=model.config, state_dict=state)
 
 
-# ---------------------------------------------------------------------- pipelines
+# ---------------------------------------------------------------------- checkpoint workflows
 def test_checkpoint_source_checks_every_shard_the_index_lists(tmp_path):
     folder = save_checkpoint(tmp_path / "ckpt", max_shard_size="20KB")
     shards = sorted(folder.glob("model-*.safetensors"))

@@ -1,4 +1,4 @@
-"""The reid-transformers command and the library functions behind it (pipelines, search), offline.
+"""The reid-transformers command and the library functions behind it, offline.
 
 Every command runs in-process through `main` on a tiny LA-Transformer and a small synthetic
 dataset; `push` goes to the local fake Hub of tests/fake_hub.py.
@@ -27,17 +27,14 @@ from reid_transformers import (
     __version__,
 )
 from reid_transformers.cli import PROG, build_parser, main, run_command
-from reid_transformers.data import load_reid_dataset, make_synthetic_reid
-from reid_transformers.evaluation import evaluate_ranking
-from reid_transformers.pipelines import (
+from reid_transformers.data import load_reid_dataset
+from reid_transformers.evaluation import CheckpointEvaluation, evaluate_checkpoint, evaluate_ranking
+from reid_transformers.hub import write_model_card
+from reid_transformers.models.auto import checkpoint_source, load_checkpoint
+from reid_transformers.retrieval import (
     EMBEDDING_FILE_KEYS,
-    CheckpointEvaluation,
     EmbeddingSet,
-    checkpoint_source,
-    evaluate_checkpoint,
     extract_checkpoint_embeddings,
-    load_checkpoint,
-    write_model_card,
 )
 from reid_transformers.retrieval.extraction import extract_embeddings
 from reid_transformers.retrieval.search import (
@@ -67,14 +64,6 @@ RERANKED = {"mAP": 0.6, "rank-1": 0.74, "rank-5": 0.86, "rank-10": 0.91, "mINP":
 
 
 # ---------------------------------------------------------------------- fixtures and helpers
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return make_synthetic_reid(
-        tmp_path_factory.mktemp("synthetic") / "data", num_identities=8, num_cameras=2,
-        image_size=(64, 32), num_distractors=2, num_junk=1, progress=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def data(root) -> DatasetDict:
     return load_reid_dataset("market1501", root, progress=False)
@@ -720,7 +709,7 @@ def test_card_names_a_new_checkpoint_after_its_run_and_checks_input(capsys, tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="lacks config.json"):
         write_model_card(tmp_path / "empty")
-    with pytest.raises(NotADirectoryError, match="is a file"):
+    with pytest.raises(NotADirectoryError, match="not a folder"):
         write_model_card(tmp_path / "bare.json")
 
 

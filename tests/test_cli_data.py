@@ -18,27 +18,18 @@ import PIL.Image
 import pytest
 from datasets import DatasetDict
 
-from reid_transformers.data import load_reid_dataset, make_synthetic_reid
-from reid_transformers.evaluation import ReIDMetric
-from reid_transformers.pipelines import (
+from reid_transformers.data import load_reid_dataset
+from reid_transformers.evaluation import CheckpointEvaluation, ReIDMetric, evaluate_checkpoint
+from reid_transformers.models.auto import load_checkpoint
+from reid_transformers.retrieval import (
     EMBEDDING_FILE_KEYS,
-    CheckpointEvaluation,
     EmbeddingSet,
-    evaluate_checkpoint,
     extract_checkpoint_embeddings,
-    load_checkpoint,
 )
+from reid_transformers.retrieval.embedding_set import embed_readable, image_names
 from reid_transformers.retrieval.extraction import extract_embeddings
 
 from .test_cli import run, save_checkpoint
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return make_synthetic_reid(
-        tmp_path_factory.mktemp("synthetic") / "data", num_identities=8, num_cameras=2,
-        image_size=(64, 32), num_distractors=2, num_junk=1, progress=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +63,21 @@ def unverified(root: Path) -> DatasetDict:
     return load_reid_dataset("market1501", root, verify_images="none", progress=False)
 
 
+# ---------------------------------------------------------------------- the shared steps
+def test_embed_readable_marks_the_unreadable_rows_and_image_names_names_them(
+    broken, checkpoint
+):
+    query = unverified(broken["root"])["query"]
+    model, processor = load_checkpoint(checkpoint, device="cpu")
+    embeddings, readable = embed_readable(
+        model, query, processor, batch_size=8, progress=False, skip_unreadable=True
+    )
+    assert embeddings.shape[0] == readable.shape[0] == len(query)
+    unread = np.flatnonzero(~readable)
+    assert image_names(query, unread) == [str(broken["query"])]
+    assert np.isnan(embeddings[unread]).all() and np.isfinite(embeddings[readable]).all()
+    # Without a path column an image is named by its row.
+    assert image_names(query.remove_columns("path"), unread) == [f"row {unread[0]}"]
 
 
 # ---------------------------------------------------------------------- evaluate_checkpoint

@@ -241,6 +241,18 @@ def test_split_folders_are_searched_recursively_like_image_folders(
     assert ".cache/" in warnings[0]
 
 
+def test_benchmark_folders_take_the_same_image_suffixes_as_any_folder(market_root: Path) -> None:
+    # One suffix set, IMAGE_SUFFIXES, for benchmark splits and --images folders alike.
+    bmp = write_image(market_root / "bounding_box_test" / "0002_c4s1_000998_01.bmp")
+    tiff = write_image(market_root / "bounding_box_test" / "0007_c5s1_000998_01.TIFF")
+    assert {".bmp", ".tiff"} <= set(reid_datasets.IMAGE_SUFFIXES)
+    gallery = load("market1501", market_root)["gallery"]["path"][:]
+    assert {str(bmp), str(tiff)} <= set(gallery)
+    assert {str(bmp), str(tiff)} <= set(
+        reid_datasets.find_image_files(market_root / "bounding_box_test")
+    )
+
+
 def test_ignored_files_are_counted_in_a_warning(
     market_root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -255,7 +267,7 @@ def test_ignored_files_are_counted_in_a_warning(
     assert len(ds["gallery"]) == 3
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "market1501 gallery: ignored 4 entries under" in warning
-    assert "(hidden, linked folders, or not .jpg/.jpeg/.png files)" in warning
+    assert "(hidden, linked folders, or not .jpg/.jpeg/.png/.bmp/.webp/.tif/.tiff files)" in warning
     for name in ("._0002_c4s1_000200_01.jpg", "Thumbs.db", "more/", "notes/readme.txt"):
         assert name in warning
     caplog.clear()
@@ -358,7 +370,7 @@ def test_training_and_cli_choose_the_cuhk03_split(cuhk_root: Path) -> None:
         dataset="cuhk03_np", data_dir=str(cuhk_root), cuhk03_split="labeled", progress=False
     )
     assert load_training_data(args)["query"]["pid"][:] == [701]
-    with pytest.raises(ValueError, match="cuhk03_split must be 'detected' or 'labeled'"):
+    with pytest.raises(ValueError, match=r"cuhk03_split must be one of .*, got 'hand'"):
         ReIDTrainingArguments(cuhk03_split="hand")
 
 
@@ -366,7 +378,7 @@ def test_cuhk03_missing_split_folder_and_bad_split_value(cuhk_root: Path) -> Non
     shutil.rmtree(cuhk_root / "labeled")
     with pytest.raises(FileNotFoundError, match="labeled"):
         load("cuhk03_np", cuhk_root, cuhk03_split="labeled")
-    with pytest.raises(ValueError, match="cuhk03_split='label'.*detected, labeled"):
+    with pytest.raises(ValueError, match=r"cuhk03_split must be one of \('detected', 'labeled'\)"):
         load("cuhk03_np", cuhk_root, cuhk03_split="label")
 
 
@@ -695,7 +707,7 @@ def test_images_the_processor_cannot_convert_are_rejected(market_root: Path, ver
 
 
 def test_option_validation(market_root: Path) -> None:
-    with pytest.raises(ValueError, match="verify_images='fast'"):
+    with pytest.raises(ValueError, match="verify_images must be one of .*, got 'fast'"):
         load("market1501", market_root, verify_images="fast")
     with pytest.raises(ValueError, match="merge_val=True only applies to msmt17"):
         load("market1501", market_root, merge_val=True)

@@ -158,3 +158,15 @@ def test_onnx_backend_preprocesses_like_the_processor_and_matches_pytorch(
     assert onnx_embedder(frame, np.zeros((0, 4))).shape == (0, expected.shape[1])
     flipped = ReIDEmbedder.from_onnx(onnx_path, flip=True)(crops)
     np.testing.assert_allclose(flipped, reference(model, processor, crops, flip=True), atol=1e-4)
+
+
+def test_onnx_backend_runs_an_int8_export(onnx_path, frame, torch_embedder, tmp_path):
+    from reid_transformers.deployment import quantize_onnx
+
+    int8_path = quantize_onnx(onnx_path, tmp_path / "la.int8.onnx").path
+    got = ReIDEmbedder.from_onnx(int8_path)(frame, BOXES)
+    expected = torch_embedder(frame, BOXES)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    # int8 weights move the embeddings a little, not the direction they point in.
+    assert (got * expected).sum(1).min() >= 0.99

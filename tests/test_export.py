@@ -19,6 +19,7 @@ from reid_transformers.deployment.export import (  # noqa: E402
     default_processor,
     export_onnx,
     metadata_path_for,
+    quantize_onnx,
     read_onnx_metadata,
 )
 from reid_transformers.models import (  # noqa: E402
@@ -125,6 +126,44 @@ def test_metadata_is_the_processors_in_onnx_and_json(exports):
     assert stored["color_order"] == "RGB" and stored["layout"] == "NCHW"
     assert stored["distance"] == "cosine"
     assert stored["exporter"] == result.exporter
+    assert stored["quantization"] == "none"
+
+
+INTEGER_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
+
+
+def op_types(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_int8_export_is_quantised_recorded_and_close_to_pytorch(tmp_path):
+    model = tiny_model("pan")
+    result = export_onnx(model, tmp_path / "pan.int8.onnx", quantize="int8")
+    assert result.metadata["quantization"] == "int8"
+    assert read_onnx_metadata(result.path) == result.metadata
+    assert json.loads(result.metadata_path.read_text()) == result.metadata
+    # Convolutions and linear layers hold int8 weights; no float convolution is left.
+    assert INTEGER_OPS <= op_types(result.path)
+    assert "Conv" not in op_types(result.path)
+    parity = compare_with_onnxruntime(model, result.path, (1, 7))
+    # Quantisation moves embeddings, but only a little: far from float32 parity, close in angle.
+    assert not parity.within(atol=1e-4, min_cosine=0.99999)
+    assert min(parity.min_cosine.values()) >= 0.99, parity
+
+
+def test_quantize_onnx_turns_an_export_into_its_int8_version(exports, tmp_path):
+    model, result, _, _ = exports("la_transformer")
+    quantized = quantize_onnx(result.path, tmp_path / "la.int8.onnx")
+    assert quantized.metadata == {**result.metadata, "quantization": "int8"}
+    assert read_onnx_metadata(quantized.path) == quantized.metadata
+    # Weight products become integer ones; attention's activation products stay float.
+    assert "MatMulInteger" in op_types(quantized.path) - op_types(result.path)
+    assert min(compare_with_onnxruntime(model, quantized.path, (3,)).min_cosine.values()) >= 0.99
+    with pytest.raises(ValueError, match="is quantised already \\(int8\\); expected a float32"):
+        quantize_onnx(quantized.path, tmp_path / "twice.onnx")
+    with pytest.raises(ValueError, match=r"must end in \.onnx, got .*la\.int8"):
+        quantize_onnx(result.path, tmp_path / "la.int8")
+    assert not (tmp_path / "twice.onnx").exists()
 
 
 def test_export_rejects_bad_arguments(tmp_path):
@@ -135,6 +174,8 @@ def test_export_rejects_bad_arguments(tmp_path):
         export_onnx(model, tmp_path / "model.onnx", example_batch_size=1)
     with pytest.raises(TypeError, match="got int"):
         export_onnx(3, tmp_path / "model.onnx")
+    with pytest.raises(ValueError, match=r"quantize must be None or one of .*int8.*got 'int4'"):
+        export_onnx(model, tmp_path / "model.onnx", quantize="int4")
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_onnx_metadata(tmp_path / "missing.onnx")
@@ -172,6 +213,27 @@ def test_export_command_writes_a_matching_model_and_its_metadata(tmp_path, capsy
     other.with_suffix(".json").write_text("{}")
     code, _, err = run(capsys, "export", "--model", folder, "--output", other)
     assert code == 2 and "other.json already exists" in err and not other.exists()
+
+
+def test_export_command_quantize_int8_writes_an_int8_model_despite_strict_parity(
+    tmp_path, capsys
+):
+    model = tiny_model("pan")
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+    default_processor(model).save_pretrained(folder)
+    output = tmp_path / "pan-int8.onnx"
+    # A tolerance no int8 graph meets is not an error with --quantize: the figures are printed.
+    code, out, err = run(
+        capsys, "export", "--model", folder, "--output", output, "--quantize", "int8",
+        "--atol", "1e-9",
+    )
+    assert code == 0, err
+    assert "onnxruntime vs PyTorch, batch 7: max abs difference" in out
+    assert read_onnx_metadata(output)["quantization"] == "int8"
+    code, _, err = run(capsys, "export", "--model", folder, "--output", tmp_path / "x.onnx",
+                       "--quantize", "int4")
+    assert code == 2 and "invalid choice: 'int4'" in err
 
 
 @pytest.mark.parametrize(

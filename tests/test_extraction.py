@@ -133,11 +133,11 @@ def test_dataloader_rejects_bad_arguments(dataset):
         embedding_dataloader(Dataset.from_dict({"image": list(dataset["path"])}), processor)
     with pytest.raises(ValueError, match="dataset is empty"):
         embedding_dataloader(dataset.select([]), processor)
-    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
         embedding_dataloader(dataset, processor, batch_size=0)
     with pytest.raises(ValueError, match="batch_size must be an integer"):
         embedding_dataloader(dataset, processor, batch_size=True)
-    with pytest.raises(ValueError, match="num_workers must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="num_workers must be an integer >= 0, got -1"):
         embedding_dataloader(dataset, processor, num_workers=-1)
     with pytest.raises(TypeError, match="processor must be callable"):
         embedding_dataloader(dataset, "not a processor")

@@ -379,6 +379,7 @@ def test_without_deep_supervision_auxiliary_levels_have_no_heads_and_no_loss():
         ({"neighbourhood_adjustment": "no"}, "neighbourhood_adjustment"),
         ({"tfc_hidden_sizes": (256, 766, 2048)}, "multiples of 4"),
         ({"tfc_norm": "sandwich"}, "tfc_norm"),
+        ({"tfc_hidden_act": "swishy"}, "tfc_hidden_act must be a transformers activation"),
         ({"tfc_dropout": 1.0}, "tfc_dropout"),
         ({"aux_lambda": -0.1}, "aux_lambda"),
         ({"scale_factor": 0}, "scale_factor"),

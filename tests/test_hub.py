@@ -115,13 +115,17 @@ def hub(monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------------- templates
-def test_templates_ship_in_the_package_folder():
-    folder = importlib.resources.files("reid_transformers") / "model_cards"
-    names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".md.jinja"))
+def test_templates_have_one_source_the_top_level_folder():
+    project = Path(__file__).resolve().parents[1]
+    folder = project / "model_cards"
+    names = sorted(path.name for path in folder.glob("*.md.jinja"))
     assert names == ["_base.md.jinja", *(f"{name}.md.jinja" for name in ARCHITECTURES)]
+    assert not (project / "src" / "reid_transformers" / "model_cards").exists()  # no copy
+    installed = importlib.resources.files("reid_transformers.model_cards")
     assert available_model_card_templates() == list(ARCHITECTURES)
     for name in ARCHITECTURES:
         source = (folder / f"{name}.md.jinja").read_text(encoding="utf-8")
+        assert (installed / f"{name}.md.jinja").read_text(encoding="utf-8") == source
         assert model_card_template(name) == source
         assert source.startswith("{% extends base %}")
 

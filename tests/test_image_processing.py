@@ -493,15 +493,19 @@ def test_preprocess_tensor_batch_rejects_bad_input(images, message):
 
 
 @pytest.mark.parametrize("source_size", [(400, 170), (97, 41)])
-def test_accelerator_resize_branch_matches_pil_within_one_grey_level(source_size):
+def test_accelerator_resize_branch_matches_pil_within_one_grey_level(source_size, monkeypatch):
     # The float branch that GPUs take, run on CPU so it is covered without an accelerator.
+    monkeypatch.setattr(module, "_UINT8_RESIZE_DEVICES", ())
     images = [natural_image(*source_size, seed) for seed in range(2)] + [random_image(*source_size)]
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-    resized = module._resize_float_rounded(batch, (256, 128))
+    processor = ReIDImageProcessor(do_rescale=False, do_normalize=False)
+    resized = processor.preprocess_tensor_batch(batch)
     assert resized.dtype == torch.float32
     assert torch.equal(resized, resized.round())
-    reference = pixels(ReIDImageProcessor(do_rescale=False, do_normalize=False)(images))
+    reference = pixels(processor(images))
     assert np.abs(resized.numpy() - reference).max() <= 1
+    monkeypatch.undo()
+    assert not torch.equal(resized, processor.preprocess_tensor_batch(batch))  # branch was taken
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -13,7 +13,12 @@ import torch
 
 from reid_transformers import utils as utils_module
 from reid_transformers.retrieval import index as index_module
-from reid_transformers.retrieval.index import FORMAT_VERSION, GalleryIndex, SearchResult
+from reid_transformers.retrieval.index import (
+    FORMAT_VERSION,
+    RECOMMENDED_APPROXIMATE,
+    GalleryIndex,
+    SearchResult,
+)
 
 DIM = 32
 METRICS = ("cosine", "euclidean", "inner_product")
@@ -96,6 +101,117 @@ def built_clustered(clustered):
 
 
 # ---------------------------------------------------------------------- exact search
+def _reference_top_k(
+    gallery: np.ndarray, queries: np.ndarray, metric: str, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force in float64, best first with ties to the lower row number; (values as
+    float32, indices). Exact for small-integer inner products and Euclidean distances."""
+    g, q = gallery.astype(np.float64), queries.astype(np.float64)
+    if metric == "euclidean":
+        values = np.sqrt(np.square(q[:, None, :] - g[None]).sum(axis=2))
+        sort_keys = values
+    else:
+        values = q @ g.T
+        sort_keys = -values
+    rows = np.arange(gallery.shape[0])
+    order = np.stack([np.lexsort((rows, keys))[:k] for keys in sort_keys])
+    return np.take_along_axis(values, order, axis=1).astype(np.float32), order
+
+
+def _exactness_data(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(gallery, queries) for the exactness tests: random; tied (small integers, many
+    duplicate rows and equal scores); adversarial (every vector within 1e-4 of one
+    direction, so bfloat16 cannot tell the candidates apart and many are near-tied)."""
+    rng = np.random.default_rng(7)
+    if kind == "random":
+        return rng.normal(size=(400, 24)), rng.normal(size=(30, 24))
+    if kind == "tied":
+        gallery = rng.integers(-2, 3, size=(400, 6))
+        gallery[::5] = gallery[1]
+        queries = rng.integers(-2, 3, size=(30, 6))
+        gallery[:, 0] += np.abs(gallery).sum(axis=1) == 0  # no zero vectors (cosine)
+        queries[:, 0] += np.abs(queries).sum(axis=1) == 0
+        return gallery, queries
+    base = rng.normal(size=(1, 24))
+    return base + 1e-4 * rng.normal(size=(400, 24)), base + 1e-4 * rng.normal(size=(30, 24))
+
+
+@pytest.mark.parametrize("kind", ["random", "tied", "adversarial"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_bfloat16_search_returns_exactly_the_float32_top_k(metric, kind):
+    gallery, queries = (x.astype(np.float32) for x in _exactness_data(kind))
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        index = GalleryIndex(gallery.shape[1], metric=metric, precision=precision)
+        index.add(gallery)
+        results[precision] = index.search(queries, k=10)
+    np.testing.assert_array_equal(results["bfloat16"].indices, results["float32"].indices)
+    np.testing.assert_array_equal(results["bfloat16"].values, results["float32"].values)
+
+
+@pytest.mark.parametrize("metric", ["inner_product", "euclidean"])
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_flat_search_breaks_ties_by_lower_row_number(precision, metric):
+    """Small integers: every score is exact in float32, so the answer is fully determined,
+    including which of many tied rows come first."""
+    gallery, queries = (x.astype(np.float32) for x in _exactness_data("tied"))
+    values, indices = _reference_top_k(gallery, queries, metric, 10)
+    index = GalleryIndex(gallery.shape[1], metric=metric, precision=precision)
+    index.add(gallery)
+    result = index.search(queries, k=10)
+    np.testing.assert_array_equal(result.indices, indices)
+    np.testing.assert_array_equal(result.values, values)
+
+
+def test_bfloat16_candidates_need_the_rescore():
+    """Without the exact re-score, bfloat16 scores would rank the adversarial set wrongly:
+    the test above would fail if the re-score or its margin were dropped."""
+    gallery, queries = (x.astype(np.float32) for x in _exactness_data("adversarial"))
+    low_scores = torch.from_numpy(queries).bfloat16() @ torch.from_numpy(gallery).bfloat16().T
+    _, low_order = low_scores.float().topk(10, dim=1)
+    _, indices = _reference_top_k(gallery, queries, "inner_product", 10)
+    assert not np.array_equal(low_order.numpy(), indices)
+
+
+def test_margin_overflow_scans_the_whole_row(monkeypatch):
+    """A query whose candidate margin reaches past the kept top-k slots (here: every row
+    tied) falls back to a full pass over its row and still gets the exact answer."""
+    monkeypatch.setitem(index_module._EXTRA_CANDIDATES, "float32", 1)
+    gallery = np.ones((50, 4), dtype=np.float32)
+    index = GalleryIndex(4, metric="inner_product")
+    index.add(gallery)
+    result = index.search(np.ones((3, 4), dtype=np.float32), k=5)
+    np.testing.assert_array_equal(result.indices, np.tile(np.arange(5), (3, 1)))
+    np.testing.assert_array_equal(result.scores, np.full((3, 5), 4.0, dtype=np.float32))
+
+
+def test_flat_search_works_in_query_blocks(monkeypatch, gallery, queries):
+    whole = _build(gallery, metric="euclidean").search(queries, k=7)
+    # Blocks of 5 queries (4 bytes x 300 rows x 5) and re-score blocks of about 2 queries.
+    monkeypatch.setattr(index_module, "_SCORE_BLOCK_BYTES", 4 * 300 * 5)
+    monkeypatch.setattr(index_module, "_RESCORE_BLOCK_BYTES", 4 * DIM * 7 * 2)
+    blocked = _build(gallery, metric="euclidean").search(queries, k=7)
+    np.testing.assert_array_equal(blocked.indices, whole.indices)
+    np.testing.assert_array_equal(blocked.distances, whole.distances)
+
+
+def test_precision_option_validation_and_adds_after_search(gallery, queries):
+    with pytest.raises(ValueError, match="precision must be one of .*got 'float16'"):
+        GalleryIndex(DIM, precision="float16")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs index_type='flat'.*got index_type='hnsw'"):
+        GalleryIndex(DIM, index_type="hnsw", precision="bfloat16")
+    index = GalleryIndex(DIM, precision="bfloat16")
+    index.add(gallery[:100])
+    index.search(queries, k=5)  # builds the cached bfloat16 copy and norms
+    index.add(gallery[100:])  # ... which must be rebuilt for the grown gallery
+    index.precision = "float32"
+    reference = index.search(queries, k=5)
+    index.precision = "bfloat16"
+    result = index.search(queries, k=5)
+    np.testing.assert_array_equal(result.indices, reference.indices)
+    assert result.indices.max() >= 100
+
+
 @pytest.mark.parametrize("metric", METRICS)
 def test_flat_search_matches_brute_force(metric, gallery, queries):
     index = _build(gallery, metric=metric)
@@ -241,6 +357,16 @@ def test_approximate_recall_is_high_and_correct(index_type, metric, clustered, b
     assert recall == pytest.approx(manual)
 
 
+def test_recommended_approximate_setting_builds_an_accurate_hnsw(clustered):
+    gallery, queries = clustered
+    index = GalleryIndex(gallery.shape[1], **RECOMMENDED_APPROXIMATE)
+    index.add(gallery)
+    assert (index.index_type, index.hnsw_m, index.ef_construction, index.ef_search) == (
+        "hnsw", 16, 80, 128
+    )
+    assert index.recall_at_k(queries, k=100) >= 0.95
+
+
 def test_recall_detects_a_weaker_search(clustered):
     gallery, queries = clustered
     ivf = _build(gallery, index_type="ivf", nlist=64, nprobe=64)
@@ -347,6 +473,16 @@ def test_save_load_round_trip(tmp_path, index_type, clustered):
     # A loaded index keeps working as a normal one.
     loaded.add(gallery[:3], pids=[1, 2, 3])
     assert len(loaded) == 3003 and loaded.pids[-3:].tolist() == [1, 2, 3]
+
+
+def test_precision_is_saved_and_defaults_to_float32_for_older_saves(tmp_path, gallery):
+    _build(gallery, precision="bfloat16").save(tmp_path / "saved")
+    assert GalleryIndex.load(tmp_path / "saved").precision == "bfloat16"
+    config_path = tmp_path / "saved" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["precision"]
+    config_path.write_text(json.dumps(config))
+    assert GalleryIndex.load(tmp_path / "saved").precision == "float32"
 
 
 def test_save_replaces_previous_index_and_leaves_no_temporaries(tmp_path, gallery):
@@ -529,18 +665,18 @@ def test_constructor_validation():
         GalleryIndex(DIM, metric="manhattan")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="index_type must be one of .* got 'lsh'"):
         GalleryIndex(DIM, index_type="lsh")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="dim must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="dim must be an integer >= 1, got 0"):
         GalleryIndex(0)
-    with pytest.raises(TypeError, match="nlist must be an int"):
+    with pytest.raises(ValueError, match="nlist must be an integer >= 1"):
         GalleryIndex(DIM, nlist=2.5)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="hnsw_m must be >= 2"):
+    with pytest.raises(ValueError, match="hnsw_m must be an integer >= 2"):
         GalleryIndex(DIM, hnsw_m=1)
-    with pytest.raises(ValueError, match="ef_construction must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="ef_construction must be an integer >= 1, got 0"):
         GalleryIndex(DIM, ef_construction=0)
     index = GalleryIndex(DIM)
-    with pytest.raises(ValueError, match="nprobe must be >= 1"):
+    with pytest.raises(ValueError, match="nprobe must be an integer >= 1"):
         index.nprobe = 0
-    with pytest.raises(TypeError, match="ef_search must be an int"):
+    with pytest.raises(ValueError, match="ef_search must be an integer >= 1"):
         index.ef_search = True  # type: ignore[assignment]
 
 
@@ -607,17 +743,17 @@ def test_empty_index_and_bad_k(gallery, queries):
         with pytest.raises(ValueError, match="empty GalleryIndex"):
             empty.recall_at_k(queries)
     index = _build(gallery)
-    with pytest.raises(ValueError, match="k must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="k must be an integer >= 1, got 0"):
         index.search(queries, k=0)
-    with pytest.raises(TypeError, match="k must be an int, got True"):
+    with pytest.raises(ValueError, match="k must be an integer >= 1, got True"):
         index.search(queries, k=True)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="queries is empty"):
         index.recall_at_k(np.empty((0, DIM), dtype=np.float32))
 
 
 def test_repr_and_properties():
-    assert (
-        repr(GalleryIndex(8)) == "GalleryIndex(dim=8, metric='cosine', index_type='flat', size=0)"
+    assert repr(GalleryIndex(8)) == (
+        "GalleryIndex(dim=8, metric='cosine', index_type='flat', size=0, precision='float32')"
     )
     hnsw = GalleryIndex(
         8, metric="euclidean", index_type="hnsw", hnsw_m=8, ef_search=20, ef_construction=30

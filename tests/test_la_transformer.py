@@ -113,8 +113,8 @@ def test_fresh_model_initialises_every_parameter():
 
 
 def test_row_count_follows_the_input_size():
-    assert LATransformerConfig().num_rows == 14  # 224x224, the default
-    assert LATransformerConfig(image_size=(256, 128)).num_rows == 16
+    assert LATransformerConfig().num_patch_rows == 14  # 224x224, the default
+    assert LATransformerConfig(image_size=(256, 128)).num_patch_rows == 16
     model = tiny_model()
     out = model(torch.randn(2, 3, 48, 16))  # 6 rows: embeddings, but no row classifiers
     assert out.embeddings.shape == (2, 6 * 32) and out.logits is None
@@ -134,7 +134,7 @@ def test_256x128_input_has_16_row_classifiers():
     "overrides, message",
     [
         ({"hidden_size": 30}, "divisible by num_attention_heads"),
-        ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer"),
+        ({"num_hidden_layers": 0}, "num_hidden_layers must be an integer >= 1"),
         ({"image_size": (4, 16)}, "smaller than one patch"),
         ({"classifier_activation": "gelu"}, "classifier_activation must be one of"),
         ({"test_feature": "cls"}, "test_feature must be one of"),

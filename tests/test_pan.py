@@ -113,10 +113,10 @@ def test_masks_output_and_embedding_shape():
         ({"image_size": (16, 16)}, "32-pixel stride"),
         ({"part_masks": "grid"}, "part_masks must be one of"),
         ({"channel_attention": "both"}, "channel_attention must be one of"),
-        ({"part_aware_attention": "yes"}, "part_aware_attention must be True or False"),
+        ({"part_aware_attention": "yes"}, "part_aware_attention must be a bool"),
         ({"pam_dim": (8, 8)}, r"pam_dim must be .* 3 of them"),
         ({"pam_dim": (8, 0, 8)}, "pam_dim must be"),
-        ({"spatial_hidden_size": 0}, "spatial_hidden_size must be a positive integer"),
+        ({"spatial_hidden_size": 0}, "spatial_hidden_size must be an integer >= 1"),
     ],
 )
 def test_config_validation(overrides, message):

@@ -387,7 +387,7 @@ def test_optimizer_groups_keep_tokens_and_positions_out_of_weight_decay():
     "overrides, message",
     [
         ({"attention": "softmax"}, "attention must be one of"),
-        ({"linformer_k": 0}, "linformer_k must be a positive integer"),
+        ({"linformer_k": 0}, "linformer_k must be an integer >= 1"),
         ({"hidden_size": 30}, "divisible by num_attention_heads"),
         ({"hidden_size": 18, "num_attention_heads": 3}, "divisible by 4"),
         ({"position_encoding": "rope"}, "position_encoding must be one of"),
@@ -396,8 +396,8 @@ def test_optimizer_groups_keep_tokens_and_positions_out_of_weight_decay():
         ({"hidden_dropout_prob": 1.0}, "hidden_dropout_prob"),
         ({"share_kv_projection": "yes"}, "share_kv_projection must be a bool"),
         ({"image_size": (8, 8)}, "16-pixel stride"),
-        ({"embedding_projection_size": 0}, "embedding_projection_size must be a positive"),
-        ({"embedding_projection_size": 8.0}, "embedding_projection_size must be a positive"),
+        ({"embedding_projection_size": 0}, "embedding_projection_size must be an integer >= 1"),
+        ({"embedding_projection_size": 8.0}, "embedding_projection_size must be an integer >= 1"),
         ({"attention_scale": "sqrt"}, "attention_scale must be one of"),
     ],
 )

@@ -11,7 +11,9 @@ from reid_transformers.evaluation import (
     evaluate_distance_matrix,
     evaluate_ranking,
     pairwise_distance,
+    ranking,
 )
+from reid_transformers.evaluation.ranking import _CandidateDistances, _GallerySide
 
 
 def reference_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
@@ -197,12 +199,12 @@ def test_pairwise_distance_definitions():
     q = rng.normal(size=(5, 8)).astype(np.float32)
     g = rng.normal(size=(7, 8)).astype(np.float32)
     expected = np.linalg.norm(q[:, None] - g[None], axis=2)
-    np.testing.assert_allclose(pairwise_distance(q, g).numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        pairwise_distance(q, g, metric="euclidean").numpy(), expected, rtol=1e-5, atol=1e-5
+    )
     qn = q / np.linalg.norm(q, axis=1, keepdims=True)
     gn = g / np.linalg.norm(g, axis=1, keepdims=True)
-    np.testing.assert_allclose(
-        pairwise_distance(q, g, metric="cosine").numpy(), 1 - qn @ gn.T, atol=1e-6
-    )
+    np.testing.assert_allclose(pairwise_distance(q, g).numpy(), 1 - qn @ gn.T, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -214,6 +216,7 @@ def test_pairwise_distance_definitions():
         ({"max_rank": 0}, "max_rank must be >= 1"),
         ({"chunk_size": 0}, "chunk_size must be >= 1"),
         ({"metric": "manhattan"}, "metric must be one of"),
+        ({"precision": "float16"}, "precision must be one of"),
     ],
 )
 def test_bad_input_is_named(kwargs, message):
@@ -302,3 +305,118 @@ def test_zero_vector_rows_are_listed_up_to_ten():
         )
     )
     assert "rows [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] ... are zero vectors" in message
+
+
+# --- precision="bfloat16": candidates, a rigorous bound, float32 settlement (issue 16) ------
+
+
+def assert_identical(fast: RankingResult, exact: RankingResult) -> None:
+    """Bit-for-bit the same metrics, per-query AP included."""
+    np.testing.assert_array_equal(fast.cmc, exact.cmc)
+    np.testing.assert_array_equal(fast.average_precision, exact.average_precision)
+    assert (fast.mean_ap, fast.mean_inp) == (exact.mean_ap, exact.mean_inp)
+    assert fast.num_valid_queries == exact.num_valid_queries
+    assert fast.num_skipped_queries == exact.num_skipped_queries
+
+
+def both_precisions(q, g, qp, gp, qc, gc, **kwargs) -> tuple[RankingResult, RankingResult]:
+    return tuple(
+        evaluate_ranking(q, g, qp, gp, qc, gc, precision=p, return_per_query=True, **kwargs)
+        for p in ("bfloat16", "float32")
+    )
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("seed, noise, chunk_size", [(0, 0.3, None), (1, 1.0, 7), (2, 5.0, 40)])
+def test_bfloat16_precision_is_identical_on_random_data(metric, seed, noise, chunk_size):
+    q, g, qp, gp, qc, gc = make_problem(seed, noise=noise, dim=48)
+    assert_identical(*both_precisions(q, g, qp, gp, qc, gc, metric=metric,
+                                      chunk_size=chunk_size))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_bfloat16_precision_is_identical_on_ties(metric):
+    q, g, qp, gp, qc, gc = make_problem(3, num_g=100, dim=24)
+    # Duplicate gallery rows (exactly equal distances, broken by index), each query also
+    # in the gallery, and one item repeated many times.
+    g = np.concatenate([g, g[:60], q[:20], np.repeat(g[:1], 30, axis=0)])
+    gp = np.concatenate([gp, gp[:60], qp[:20], np.repeat(gp[:1], 30)])
+    gc = np.concatenate([gc, (gc[:60] + 1) % 4, (qc[:20] + 1) % 4, np.arange(30) % 4])
+    assert_identical(*both_precisions(q, g, qp, gp, qc, gc, metric=metric))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("scale", [1.0, 3e4])
+def test_bfloat16_precision_is_identical_on_adversarial_data(metric, scale, monkeypatch):
+    settled = []
+    settle = ranking._settle
+    monkeypatch.setattr(ranking, "_settle", lambda dist, side, block, rows, cols: (
+        settled.append(len(rows)), settle(dist, side, block, rows, cols)))
+    rng = np.random.default_rng(4)
+    q, g, qp, gp, qc, gc = make_problem(4, num_q=20, num_g=80, num_ids=5, dim=32)
+    # Next to every positive, negatives moved by far less than the bfloat16 error bound
+    # (so only settlement can order them), some exactly at the positive's distance.
+    positives = np.flatnonzero(np.isin(gp, qp))
+    near = g[positives] * (1 + rng.choice([0.0, 1e-6, -1e-6, 3e-4, -3e-4],
+                                          size=(len(positives), 1)))
+    near += rng.normal(size=near.shape) * rng.choice([0.0, 1e-5], size=(len(near), 1))
+    g = np.concatenate([g, near]).astype(np.float32) * scale
+    gp = np.concatenate([gp, np.zeros(len(near), dtype=gp.dtype)])  # distractors
+    gc = np.concatenate([gc, rng.integers(0, 4, size=len(near))])
+    q = q * scale
+    assert_identical(*both_precisions(q, g, qp, gp, qc, gc, metric=metric, chunk_size=6))
+    assert sum(settled) > len(near)  # the near pairs were settled, not decided by bfloat16
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_bfloat16_precision_is_identical_on_degenerate_embeddings(metric):
+    rng = np.random.default_rng(5)
+    qp, gp = rng.integers(1, 4, size=10), rng.integers(1, 4, size=70)
+    qc, gc = rng.integers(0, 3, size=10), rng.integers(0, 3, size=70)
+    # Zero variance: every gallery row the same vector (all distances tie).
+    same = np.tile(rng.normal(size=(1, 16)), (70, 1)).astype(np.float32)
+    q = rng.normal(size=(10, 16)).astype(np.float32)
+    assert_identical(*both_precisions(q, same, qp, gp, qc, gc, metric=metric))
+    # Components below bfloat16's normal range and a few very large ones.
+    tiny = rng.normal(size=(70, 16)).astype(np.float32)
+    tiny[:, :8] *= 1e-39
+    tiny[::7, 8] = 1e30 if metric == "cosine" else 1e15
+    assert_identical(*both_precisions(q, tiny, qp, gp, qc, gc, metric=metric))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e4])
+def test_bfloat16_error_bound_holds(metric, scale):
+    # The bound behind the exactness argument: |candidate - reference| <= margin + w |p|.
+    rng = np.random.default_rng(6)
+    g = torch.from_numpy(rng.normal(size=(300, 96)).astype(np.float32) * scale)
+    q = torch.from_numpy(rng.normal(size=(40, 96)).astype(np.float32) * scale)
+    q[:10] = g[:10] * (1 + 1e-3)  # near-duplicates: the worst case for cancellation
+    side = _GallerySide(g, metric)
+    candidates = _CandidateDistances(side)
+    block = side.queries(q)
+    dist, products, margin, cap = candidates.distances(block)
+    reference = side.distances(block)
+    bound = candidates.pair_bounds(margin.unsqueeze(1), products, dist)
+    assert bool(((dist.double() - reference.double()).abs() <= bound).all())
+    assert bool((products.double().abs() <= cap.unsqueeze(1)).all())
+    # ... and it is not vacuous: far below the spread of the distances.
+    assert float(bound.max()) < 0.1 * float(reference.std())
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_settlement_gemm_reproduces_the_reference_bits(metric):
+    # Settlement relies on this property of the float32 GEMM: from 4 rows and 16 columns
+    # on, an element's bits do not depend on which other rows and columns are multiplied.
+    rng = np.random.default_rng(7)
+    g = torch.from_numpy(rng.normal(size=(500, 256)).astype(np.float32))
+    q = torch.from_numpy(rng.normal(size=(50, 256)).astype(np.float32))
+    side = _GallerySide(g, metric)
+    block = side.queries(q)
+    reference = side.distances(block)
+    for rows, cols in [(16, 64), (16, 300), (4, 64), (50, 100)]:
+        start = int(rng.integers(0, 50 - rows + 1))
+        row_index = torch.arange(start, start + rows)
+        columns = torch.from_numpy(np.sort(rng.choice(500, size=cols, replace=False)))
+        settled = side.distances(block, rows=row_index, columns=columns)
+        assert torch.equal(settled, reference[row_index][:, columns])

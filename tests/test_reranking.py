@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from reid_transformers.evaluation import reranking
+from reid_transformers.evaluation.ranking import PRECISIONS
 from reid_transformers.evaluation.reranking import k_reciprocal_rerank
 
 
@@ -118,22 +119,111 @@ def mean_average_precision(dist: np.ndarray, q_ids: np.ndarray, g_ids: np.ndarra
     [(20, 6, 0.3), (10, 1, 0.3), (7, 3, 0.0), (3, 4, 1.0), (1, 2, 0.5), (5, 6, 0.7)],
 )
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_matches_reference(seed: int, k1: int, k2: int, lambda_value: float, metric: str) -> None:
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_matches_reference(
+    seed: int, k1: int, k2: int, lambda_value: float, metric: str, precision: str
+) -> None:
     query, gallery, _, _ = clustered(seed)
     expected = reference_rerank(query, gallery, k1, k2, lambda_value, metric)
     got = k_reciprocal_rerank(
-        query, gallery, k1=k1, k2=k2, lambda_value=lambda_value, metric=metric, chunk_size=16
+        query, gallery, k1=k1, k2=k2, lambda_value=lambda_value, metric=metric, chunk_size=16,
+        precision=precision,
     )
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize(("k1", "k2"), [(20, 6), (6, 1), (4, 5), (2, 2), (1, 1), (9, 3)])
-def test_matches_reference_with_ties(seed: int, k1: int, k2: int) -> None:
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_matches_reference_with_ties(seed: int, k1: int, k2: int, precision: str) -> None:
     query, gallery = with_duplicates(seed)
     expected = reference_rerank(query, gallery, k1, k2, 0.3)
-    got = k_reciprocal_rerank(query, gallery, k1=k1, k2=k2, chunk_size=13)
+    got = k_reciprocal_rerank(
+        query, gallery, k1=k1, k2=k2, metric="euclidean", chunk_size=13, precision=precision
+    )
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_matches_reference_with_offset_and_spread_norms(precision: str) -> None:
+    """A large common offset and norms spread over two orders of magnitude stress the
+    float32 cancellation and the bfloat16 error bound."""
+    query, gallery, _, _ = clustered(15, num_query=15, num_gallery=120)
+    rng = np.random.default_rng(15)
+    scale = 10.0 ** rng.uniform(-1, 1, size=(135, 1)).astype(np.float32)
+    features = np.concatenate([query, gallery]) * scale + 40.0
+    query, gallery = features[:15], features[15:]
+    for metric in ("euclidean", "cosine"):
+        expected = reference_rerank(query, gallery, 20, 6, 0.3, metric)
+        got = k_reciprocal_rerank(
+            query, gallery, metric=metric, chunk_size=32, precision=precision
+        )
+        np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5)
+
+
+def test_default_metric_is_cosine() -> None:
+    query, gallery, _, _ = clustered(16, num_query=6, num_gallery=30)
+    assert torch.equal(
+        k_reciprocal_rerank(query, gallery, k1=6, k2=3),
+        k_reciprocal_rerank(query, gallery, k1=6, k2=3, metric="cosine"),
+    )
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_bfloat16_interval_holds_the_exact_distance(offset: float) -> None:
+    """Every exact float32 distance lies in [lower(p), upper(p)] of its bfloat16 product,
+    including for norms spread over four orders of magnitude."""
+    rng = np.random.default_rng(17)
+    raw = rng.normal(size=(300, 64)) * 10.0 ** rng.uniform(-2, 2, size=(300, 1)) + offset
+    features = reranking._prepare_features(torch.from_numpy(raw.astype(np.float32)), "euclidean")
+    items = torch.arange(len(features))
+    sq_norms = reranking._pair_dots(features, items, items)
+    bounds = reranking._shifted_half_distances(features, sq_norms)
+    p = (bounds.left @ bounds.right.T).double()
+    rows, cols = torch.meshgrid(items, items, indexing="ij")
+    exact = reranking._pair_distances(features, sq_norms, rows.flatten(), cols.flatten())
+    exact = exact.view(p.shape).double()
+    slack = bounds.slack.unsqueeze(1)
+    lower = 2 * p - 2 * reranking._BF16_ROUNDING * p.abs() + bounds.shift - slack
+    upper = 2 * p + 2 * reranking._BF16_ROUNDING * p.abs() + bounds.shift + slack
+    assert bool((exact >= lower).all()) and bool((exact <= upper).all())
+    # The bound is not vacuous: it is within a small factor of the largest actual error.
+    assert float(bounds.slack.max()) < 40 * float((exact - 2 * p - bounds.shift).abs().max())
+
+
+def test_bfloat16_settles_only_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bfloat16 path computes exact distances for a small share of gallery pairs, and
+    still matches the float32 path."""
+    settled = []
+    original = reranking._pair_distances
+
+    def count_pairs(features, sq_norms, rows, cols):
+        settled.append(rows.numel())
+        return original(features, sq_norms, rows, cols)
+
+    monkeypatch.setattr(reranking, "_pair_distances", count_pairs)
+    query, gallery, _, _ = clustered(18, num_query=20, num_gallery=600, dim=32, num_ids=30)
+    fast = k_reciprocal_rerank(query, gallery, precision="bfloat16", chunk_size=128)
+    assert 0 < settled[0] < 600 * 600 / 10
+    plain = k_reciprocal_rerank(query, gallery, precision="float32", chunk_size=128)
+    np.testing.assert_allclose(fast.numpy(), plain.numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("blocks", "split"), [([(0, 3), (3, 7), (7, 10)], 3), ([(0, 4)], 0)])
+def test_schedule_covers_every_pair_once(blocks: list[tuple[int, int]], split: int) -> None:
+    num_items = blocks[-1][1]
+    covered = torch.zeros(num_items, num_items, dtype=torch.long)
+    pieces = reranking._schedule(blocks, num_items, split, piece_entries=5)
+    for r0, r1, c0, c1 in pieces:
+        assert not (c0 < split < c1)
+        block = covered[r0:r1, c0:c1]
+        # A diagonal block holds both orders of its pairs; count each pair once.
+        block += torch.ones_like(block).triu() if c0 == r0 else 1
+    unordered = covered + covered.T - covered.diagonal().diag()
+    assert bool((unordered == 1).all())
+    # Diagonal blocks come first.
+    is_diagonal = [c0 == r0 for r0, _, c0, _ in pieces]
+    assert is_diagonal == sorted(is_diagonal, reverse=True)
 
 
 def test_tie_fallback_and_distance_recomputation_paths_are_used(
@@ -156,7 +246,7 @@ def test_tie_fallback_and_distance_recomputation_paths_are_used(
     monkeypatch.setattr(reranking, "_rank_rows_exactly", count_fallback)
     monkeypatch.setattr(reranking, "_pair_distances", count_pairs)
     query, gallery = with_duplicates(0)
-    got = k_reciprocal_rerank(query, gallery, chunk_size=13)
+    got = k_reciprocal_rerank(query, gallery, metric="euclidean", chunk_size=13)
     np.testing.assert_allclose(got.numpy(), reference_rerank(query, gallery, 20, 6, 0.3), atol=1e-5)
     assert calls["fallback"] > 0
     assert calls["pairs"] > 0
@@ -165,25 +255,25 @@ def test_tie_fallback_and_distance_recomputation_paths_are_used(
 def test_fewer_items_than_k1() -> None:
     query, gallery, _, _ = clustered(4, num_query=2, num_gallery=3)
     expected = reference_rerank(query, gallery, 20, 6, 0.3)
-    got = k_reciprocal_rerank(query, gallery)
+    got = k_reciprocal_rerank(query, gallery, metric="euclidean")
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5)
 
 
 def test_more_queries_than_gallery() -> None:
     query, gallery, _, _ = clustered(14, num_query=30, num_gallery=5)
     expected = reference_rerank(query, gallery, 20, 6, 0.3)
-    got = k_reciprocal_rerank(query, gallery, chunk_size=64)
+    got = k_reciprocal_rerank(query, gallery, metric="euclidean", chunk_size=64)
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5)
 
 
 def test_single_query_single_gallery() -> None:
     query, gallery = np.zeros((1, 3)), np.ones((1, 3))
-    got = k_reciprocal_rerank(query, gallery, k1=1, k2=1)
+    got = k_reciprocal_rerank(query, gallery, k1=1, k2=1, metric="euclidean")
     np.testing.assert_allclose(got.numpy(), reference_rerank(query, gallery, 1, 1, 0.3))
 
 
 def test_all_identical_embeddings_give_finite_output() -> None:
-    got = k_reciprocal_rerank(np.ones((3, 4)), np.ones((5, 4)))
+    got = k_reciprocal_rerank(np.ones((3, 4)), np.ones((5, 4)), metric="euclidean")
     assert torch.isfinite(got).all()
     # Every item has the same neighbourhood, so the Jaccard distance is 0 and so is d.
     np.testing.assert_array_equal(got.numpy(), np.zeros((3, 5), dtype=np.float32))
@@ -214,7 +304,7 @@ def test_does_not_modify_or_require_grad_inputs() -> None:
 def test_chunk_size_does_not_change_result() -> None:
     query, gallery = with_duplicates(7)
     results = [
-        k_reciprocal_rerank(query, gallery, k1=8, k2=3, chunk_size=size)
+        k_reciprocal_rerank(query, gallery, k1=8, k2=3, metric="euclidean", chunk_size=size)
         for size in (None, 64, 9, 4)
     ]
     for other in results[1:]:
@@ -228,16 +318,18 @@ def test_chunk_size_does_not_change_result() -> None:
 
 
 @pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_internal_chunking_does_not_change_result(
-    monkeypatch: pytest.MonkeyPatch, ties: bool
+    monkeypatch: pytest.MonkeyPatch, ties: bool, precision: str
 ) -> None:
     query, gallery = with_duplicates(9) if ties else clustered(9)[:2]
-    expected = k_reciprocal_rerank(query, gallery)
+    expected = k_reciprocal_rerank(query, gallery, metric="euclidean", precision=precision)
     monkeypatch.setattr(reranking, "_PAIR_BUDGET", 300)
     monkeypatch.setattr(reranking, "_ROW_CHUNK", 7)
-    monkeypatch.setattr(reranking, "_PAIR_DIST_CHUNK", 5)
+    monkeypatch.setattr(reranking, "_PAIR_CHUNK", 5)
+    monkeypatch.setattr(reranking, "_PIECE_ENTRIES", 40)
     monkeypatch.setattr(reranking, "_FULL_ROW_ENTRIES", 200)
-    got = k_reciprocal_rerank(query, gallery)
+    got = k_reciprocal_rerank(query, gallery, metric="euclidean", precision=precision)
     np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0, atol=1e-6)
 
 
@@ -267,7 +359,7 @@ def test_cosine_equals_euclidean_on_normalised_embeddings() -> None:
 def test_reranking_improves_map_on_clustered_data() -> None:
     query, gallery, q_ids, g_ids = clustered(11, num_query=40, num_gallery=400, dim=12, num_ids=20)
     baseline = ((query[:, None] - gallery[None]) ** 2).sum(axis=2)
-    reranked = k_reciprocal_rerank(query, gallery).numpy()
+    reranked = k_reciprocal_rerank(query, gallery, metric="euclidean").numpy()
     before = mean_average_precision(baseline, q_ids, g_ids)
     after = mean_average_precision(reranked, q_ids, g_ids)
     # Measured: 0.54 -> 0.68.
@@ -284,8 +376,10 @@ def test_progress_bars(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu() -> None:
     query, gallery, _, _ = clustered(13)
-    cpu = k_reciprocal_rerank(query, gallery)
-    gpu = k_reciprocal_rerank(torch.from_numpy(query).cuda(), torch.from_numpy(gallery).cuda())
+    cpu = k_reciprocal_rerank(query, gallery, metric="euclidean")
+    gpu = k_reciprocal_rerank(
+        torch.from_numpy(query).cuda(), torch.from_numpy(gallery).cuda(), metric="euclidean"
+    )
     assert gpu.device.type == "cuda"
     np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), rtol=0, atol=1e-5)
 
@@ -321,10 +415,15 @@ GOOD = np.zeros((2, 4), dtype=np.float32)
         ({"metric": "manhattan"}, ValueError, "metric must be one of"),
         ({"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
         ({"metric": "cosine"}, ValueError, "are zero vectors"),
+        ({"precision": "float16"}, ValueError, "precision must be None or one of"),
     ],
 )
 def test_invalid_inputs(kwargs: dict, error: type[Exception], match: str) -> None:
-    args = {"query_embeddings": GOOD, "gallery_embeddings": np.ones((3, 4), dtype=np.float32)}
+    args = {
+        "query_embeddings": GOOD,
+        "gallery_embeddings": np.ones((3, 4), dtype=np.float32),
+        "metric": "euclidean",
+    }
     args.update(kwargs)
     with pytest.raises(error, match=match):
         k_reciprocal_rerank(args.pop("query_embeddings"), args.pop("gallery_embeddings"), **args)

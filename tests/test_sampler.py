@@ -67,7 +67,7 @@ def test_ranks_get_disjoint_batches_of_equal_count():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"num_identities": 0, "num_instances": 4}, "must be >= 1"),
+        ({"num_identities": 0, "num_instances": 4}, "num_identities must be an integer >= 1"),
         ({"num_identities": 9, "num_instances": 2}, "has only 3 identities"),
         ({"num_identities": 2, "num_instances": 2, "num_replicas": 2, "rank": 2}, "rank must be"),
     ],
@@ -100,5 +100,5 @@ def test_random_batches_are_disjoint_across_ranks_and_equal_in_number():
     assert len(seen) == len(set(seen)) == 6 * 16
     with pytest.raises(ValueError, match="rank must be in"):
         RandomBatchSampler(10, 2, num_replicas=2, rank=2)
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
         RandomBatchSampler(10, 0)

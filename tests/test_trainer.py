@@ -76,8 +76,7 @@ def test_training_writes_checkpoints_cards_and_logs(tmp_path, data, capfd):
 
 
 def test_checkpoint_cards_say_what_the_checkpoint_is_and_keep_their_inputs(tmp_path, data):
-    from reid_transformers.hub import CardInputs
-    from reid_transformers.pipelines import write_model_card
+    from reid_transformers.hub import CardInputs, write_model_card
 
     ReIDTrainer(arguments(tmp_path, epochs=2), data=data).train()
     best = CardInputs.load(tmp_path / "best")

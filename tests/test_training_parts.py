@@ -104,7 +104,7 @@ def test_warmup_then_cosine_and_multistep():
     )
     assert mixed.factor(0, 0) == pytest.approx(0.1) and mixed.factor(2, 50) == pytest.approx(0.55)
     assert mixed.factor(2, 100) == 1.0 and mixed.factor(45, 10_000) == pytest.approx(0.1)
-    with pytest.raises(ValueError, match="warmup unit"):
+    with pytest.raises(ValueError, match="warmup_unit must be one of"):
         WarmupSchedule(warmup_unit="iteration")
     with pytest.raises(ValueError, match="schedule must be one of"):
         WarmupSchedule("linear")
@@ -230,9 +230,9 @@ def test_sampling_and_budget_arguments_are_checked():
         ReIDTrainingArguments(sampler="balanced")
     with pytest.raises(ValueError, match="batch_size applies to --sampler random"):
         ReIDTrainingArguments(batch_size=32)
-    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 2"):
         ReIDTrainingArguments(sampler="random", batch_size=1)
-    with pytest.raises(ValueError, match="max_steps must be >= 0"):
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 0"):
         ReIDTrainingArguments(max_steps=-1)
     with pytest.raises(ValueError, match="weight_decay_scope must be one of"):
         ReIDTrainingArguments(weight_decay_scope="bias")

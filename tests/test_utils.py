@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import multiprocessing
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from reid_transformers import utils
@@ -220,3 +223,60 @@ def test_exchange_falls_back_where_unsupported_and_reports_real_errors(tmp_path,
         with pytest.raises(OSError, match=r"Invalid cross-device link: .*staging.* -> .*target"):
             replace_directory(staging, target)
         assert (target / "file.txt").read_text() == "old"
+
+
+# --- argument validation ---------------------------------------------------------------------
+
+
+def test_is_integer_excludes_bools_and_floats():
+    assert utils.is_integer(3) and utils.is_integer(np.int64(-2))
+    assert not utils.is_integer(True) and not utils.is_integer(3.0)
+
+
+def test_check_positive_number_and_check_choice_name_the_value():
+    utils.check_positive_number("lr", 0.5)
+    utils.check_positive_number("lr", np.float32(2))
+    for value in (0, -1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match=r"lr must be a positive finite number, got"):
+            utils.check_positive_number("lr", value)
+    utils.check_choice("unit", "step", ("epoch", "step"))
+    with pytest.raises(ValueError, match=r"unit must be one of \('epoch', 'step'\), got 'day'"):
+        utils.check_choice("unit", "day", ["epoch", "step"])
+
+
+def test_check_int_names_the_value_and_the_minimum():
+    utils.check_int("padding", 0, minimum=0)
+    for value in (-1, 2.0, True, None):
+        with pytest.raises(ValueError, match=rf"padding must be an integer >= 0, got {value!r}"):
+            utils.check_int("padding", value, minimum=0)
+
+
+@pytest.mark.parametrize(
+    "value, low_inclusive, high_inclusive, ok",
+    [
+        (0.0, True, True, True),
+        (0.0, False, True, False),
+        (1.0, True, True, True),
+        (1.0, True, False, False),
+        (0.5, False, False, True),
+        (float("nan"), True, True, False),
+        (True, True, True, False),
+        ("0.5", True, True, False),
+    ],
+)
+def test_check_in_range_writes_the_interval(value, low_inclusive, high_inclusive, ok):
+    check = functools.partial(
+        utils.check_in_range,
+        "p",
+        value,
+        0,
+        1,
+        low_inclusive=low_inclusive,
+        high_inclusive=high_inclusive,
+    )
+    if ok:
+        check()
+        return
+    interval = f"{'[' if low_inclusive else '('}0, 1{']' if high_inclusive else ')'}"
+    with pytest.raises(ValueError, match=rf"p must be in {re.escape(interval)}, got"):
+        check()

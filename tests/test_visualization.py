@@ -164,6 +164,12 @@ def test_accepts_paths_arrays_and_transparent_images(tmp_path):
             FileNotFoundError,
             "'/no/such/crop.jpg' does not exist",
         ),
+        (
+            # Converted like the image processor converts crops: no 16-bit mode is guessed at.
+            {"gallery_images": [crop(), PIL.Image.new("I;16", (8, 16))]},
+            ValueError,
+            r"gallery_images\[1\]: unsupported PIL image mode 'I;16'",
+        ),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, error, message):

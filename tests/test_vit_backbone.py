@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from huggingface_hub.errors import LocalEntryNotFoundError
 from safetensors.torch import save_file
 from transformers import (
-    PreTrainedConfig,
     PreTrainedModel,
     ViTConfig,
     ViTForImageClassification,
@@ -41,32 +40,25 @@ from reid_transformers.backbones.vit import (
     eager_attention_forward,
     resize_position_embeddings,
 )
+from reid_transformers.configuration_utils import ViTReIDConfig
 
 HIDDEN, HEADS, LAYERS, MLP, PATCH = 32, 4, 2, 64, 8
 TOL = 1e-5
 POS = "embeddings.position_embeddings"
 
 
-class TinyViTConfig(PreTrainedConfig):
-    """The fields a re-ID model config carries for its ViT backbone, at test size."""
+class TinyViTConfig(ViTReIDConfig):
+    """A re-ID model config's ViT backbone fields, at test size."""
 
     model_type = "reid_vit_backbone_test"
 
     image_size: int | list[int] = 32
     patch_size: int = PATCH
     patch_stride: int = PATCH
-    num_channels: int = 3
     hidden_size: int = HIDDEN
     num_hidden_layers: int = LAYERS
     num_attention_heads: int = HEADS
     intermediate_size: int = MLP
-    hidden_act: str = "gelu"
-    layer_norm_eps: float | int = 1e-6
-    qkv_bias: bool = True
-    hidden_dropout_prob: float | int = 0.0
-    attention_probs_dropout_prob: float | int = 0.0
-    drop_path_rate: float | int = 0.0
-    initializer_range: float = 0.02
 
 
 class TinyViTModel(PreTrainedModel):
@@ -421,8 +413,6 @@ def test_attention_scale_matches_the_formula(attn: str, attention_scale: str) ->
 
 
 def test_vit_reid_config_attention_fields() -> None:
-    from reid_transformers.configuration_utils import ViTReIDConfig
-
     config = ViTReIDConfig()
     assert config.attention_scale == "head_dim" and config.activation_dropout == 0.0
     assert ViTReIDConfig(attention_scale="width").attention_scale == "width"
@@ -708,14 +698,14 @@ def test_bad_pixel_values() -> None:
         ({"num_hidden_layers": 0}, "num_hidden_layers"),
         ({"attention_scale": "sqrt"}, "attention_scale must be one of"),
         ({"activation_dropout": 1.0}, "activation_dropout"),
+        ({"qkv_bias": 1}, "qkv_bias must be a bool, got 1"),
+        ({"layer_norm_eps": -1e-6}, r"layer_norm_eps must be in \[0.0, 1.0\]"),
     ],
 )
 def test_bad_config(overrides: dict[str, object], message: str) -> None:
-    config = _config()
-    for name, value in overrides.items():
-        object.__setattr__(config, name, value)  # bypass the config's own validation
+    # The config is the one place the backbone's fields are checked.
     with pytest.raises(ValueError, match=message):
-        ViTBackbone(config)
+        TinyViTConfig(**overrides)
 
 
 # ------------------------------------------------------------------------- loader errors

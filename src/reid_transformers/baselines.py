@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .utils import check_in_range
+
 
 def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
     """``(B, 3, H, W)`` RGB in [0, 1] -> HSV in [0, 1] (hue as a fraction of a turn)."""
@@ -63,8 +65,7 @@ class ColorHistogramEmbedder:
             raise ValueError(
                 f"image_size {image_size} must be at least num_stripes={num_stripes} pixels high"
             )
-        if not 0 < center_fraction <= 1:
-            raise ValueError(f"center_fraction must be in (0, 1], got {center_fraction}")
+        check_in_range("center_fraction", center_fraction, 0, 1, low_inclusive=False)
         self.center_fraction = center_fraction
         self.num_stripes = num_stripes
         self.bins = tuple(bins)

@@ -5,8 +5,9 @@
     reid-transformers COMMAND --help              # what a command does, with an example
 
 Every command is a thin layer over library functions (``reid_transformers.training``,
-``reid_transformers.pipelines``, ``reid_transformers.retrieval.search``,
-``reid_transformers.hub``), which the examples call too.
+``reid_transformers.evaluation``, ``reid_transformers.retrieval``, ``reid_transformers.hub``,
+``reid_transformers.deployment``, loading through ``reid_transformers.models.auto``), which
+the examples call too.
 
 Exit status: 0 on success; 2 for a usage error (bad or missing flags, a missing checkpoint,
 dataset or file, an output that exists), reported as one line on stderr; 1 when the Hub
@@ -33,17 +34,11 @@ from transformers import HfArgumentParser
 from . import __version__
 from .backbones import CheckpointUnavailableError
 from .data import SPLITS
-from .evaluation import DISTANCE_METRICS
-from .hub import HubPushError, push_to_hub, save_model_card
-from .pipelines import (
-    CheckpointEvaluation,
-    ModelCardUpdate,
-    checkpoint_source,
-    evaluate_checkpoint,
-    extract_checkpoint_embeddings,
-    load_checkpoint,
-    write_model_card,
-)
+from .data.datasets import CUHK03_SPLITS
+from .evaluation import DISTANCE_METRICS, CheckpointEvaluation, evaluate_checkpoint
+from .hub import HubPushError, ModelCardUpdate, push_to_hub, save_model_card, write_model_card
+from .models.auto import checkpoint_source, load_checkpoint
+from .retrieval import extract_checkpoint_embeddings
 from .retrieval.search import load_gallery, prepare_gallery_index, search_gallery
 from .training import ReIDTrainer, ReIDTrainingArguments, load_training_data, parse_arguments
 from .training.arguments import ARGUMENT_FILE_SUFFIXES
@@ -157,7 +152,7 @@ def _add_dataset_flag(parser: _ArgumentContainer, *, default: str | None) -> Non
 
 def _add_dataset_loading_flags(parser: argparse.ArgumentParser) -> None:
     """The flags that choose what of ``--dataset`` is loaded (as the trainer's)."""
-    _flag(parser, "cuhk03-split", choices=("detected", "labeled"), default="detected",
+    _flag(parser, "cuhk03-split", choices=CUHK03_SPLITS, default="detected",
           help="cuhk03_np: detected (default) or labeled boxes")
     _flag(parser, "merge-val", action="store_true",
           help="msmt17: add list_val.txt to the train split")
@@ -181,6 +176,19 @@ def _add_embedding_flags(parser: argparse.ArgumentParser) -> None:
 def _check_embedding_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     _require_at_least(parser, "--batch-size", args.batch_size, 1)
     _require_at_least(parser, "--num-workers", args.num_workers, 0)
+
+
+def _checkpoint_embedding_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments ``evaluate_checkpoint`` and ``extract_checkpoint_embeddings``
+    share, from the flags of ``_add_embedding_flags`` and ``--skip-unreadable``."""
+    return dict(
+        flip=args.flip,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        progress=not args.no_progress,
+        skip_unreadable=args.skip_unreadable,
+    )
 
 
 def _load_dataset(args: argparse.Namespace, *, progress: bool) -> DatasetDict:
@@ -315,20 +323,14 @@ def _add_skip_unreadable_flag(parser: argparse.ArgumentParser, what_happens: str
 def _run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_embedding_flags(parser, args)
     checkpoint_source(args.model)  # a wrong --model fails before the dataset is read
-    progress = not args.no_progress
-    data = _load_dataset(args, progress=progress)
+    data = _load_dataset(args, progress=not args.no_progress)
     result = evaluate_checkpoint(
         args.model,
         data,
         dataset=args.dataset,
         distance=args.distance,
-        flip=args.flip,
         rerank=args.rerank,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        progress=progress,
-        skip_unreadable=args.skip_unreadable,
+        **_checkpoint_embedding_options(args),
     )
     print(result.format_table())
     if args.json == "-":
@@ -385,23 +387,15 @@ def _run_extract(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     if args.images is not None and (args.data_dir is not None or args.split is not None):
         parser.error("--data-dir and --split go with --dataset, not with --images")
     checkpoint_source(args.model)  # a wrong --model fails before the images are read
-    progress = not args.no_progress
     splits: dict[str, Dataset]
     if args.images is not None:
         splits = {"images": load_gallery(args.images)}
     else:
-        data = _load_dataset(args, progress=progress)
+        data = _load_dataset(args, progress=not args.no_progress)
         names = SPLITS if args.split in (None, "all") else (args.split,)
         splits = {name: data[name] for name in names}
     embeddings = extract_checkpoint_embeddings(
-        args.model,
-        splits,
-        flip=args.flip,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        progress=progress,
-        skip_unreadable=args.skip_unreadable,
+        args.model, splits, **_checkpoint_embedding_options(args)
     )
     path = embeddings.save(output, overwrite=args.overwrite)
     rows = embeddings.splits.tolist()
@@ -428,11 +422,13 @@ dynamic batch, output embeddings (B, D). The preprocessing a consumer needs (inp
 mean/std, rescale factor, resampling, RGB colour order, distance) is stored in the ONNX
 metadata and in a JSON file of the same name beside it (model.onnx -> model.json). The graph
 is checked with onnx.checker, and onnxruntime's output is compared with PyTorch's (max abs
-difference and cosine, printed; --atol / --min-cosine make a mismatch an error). Needs the
-onnx extra: pip install 'reid-transformers[onnx]'.
+difference and cosine, printed; --atol / --min-cosine make a mismatch an error, except with
+--quantize int8, whose rounding never meets them). Needs the onnx extra:
+pip install 'reid-transformers[onnx]'.
 
-example:
+examples:
   reid-transformers export --model runs/la-market/best --output la-market.onnx
+  reid-transformers export --model runs/la-market/best --output la-int8.onnx --quantize int8
 """
 
 
@@ -443,6 +439,8 @@ def _configure_export(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "opset", type=int, default=18, help="ONNX opset version (default 18)")
     _flag(parser, "atol", type=float, default=1e-4, help="largest allowed abs difference")
     _flag(parser, "min-cosine", type=float, default=0.99999, help="smallest allowed cosine")
+    _flag(parser, "quantize", choices=("int8",), default=None,
+          help="write onnxruntime's dynamic int8 quantisation of the graph (default: float32)")
 
 
 def _run_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -457,7 +455,9 @@ def _run_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     checkpoint_source(args.model)  # a wrong --model fails before anything is imported
     model, processor = load_checkpoint(args.model, device="cpu")
     try:
-        result = export_onnx(model, output, processor=processor, opset_version=args.opset)
+        result = export_onnx(
+            model, output, processor=processor, opset_version=args.opset, quantize=args.quantize
+        )
         parity = compare_with_onnxruntime(model, result.path, (1, 7))
     except (ImportError, RuntimeError) as error:  # a missing extra, an untraceable model
         parser.error(str(error).strip().splitlines()[0])
@@ -472,7 +472,7 @@ def _run_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             f"onnxruntime vs PyTorch, batch {batch_size}: max abs difference {difference:.2e}, "
             f"min cosine {parity.min_cosine[batch_size]:.7f}"
         )
-    if not parity.within(args.atol, args.min_cosine):
+    if args.quantize is None and not parity.within(args.atol, args.min_cosine):
         parser.error(
             f"onnxruntime's embeddings differ from PyTorch's beyond --atol {args.atol} / "
             f"--min-cosine {args.min_cosine}"

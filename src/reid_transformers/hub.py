@@ -3,13 +3,16 @@
 A checkpoint folder written by ``save_pretrained`` (``model.safetensors``, ``config.json``,
 ``preprocessor_config.json``) becomes publishable in two steps:
 
-1. :func:`render_model_card` fills the architecture's Jinja template (shipped in
-   ``reid_transformers/model_cards/``) with the checkpoint's config, its training recipe,
-   data, origin and retrieval metrics, and :func:`save_model_card` writes it beside the
-   weights as ``README.md``. The card's YAML metadata carries a ``model-index`` with the
-   metrics, so the Hub shows them on the model page. What the card says beyond the config is
-   a :class:`CardInputs`, which is saved beside the card as ``card_inputs.json``
-   (:meth:`CardInputs.save`), so a later re-render keeps every fact.
+1. :func:`render_model_card` fills the architecture's Jinja template (the project's
+   top-level ``model_cards/`` folder, installed as the ``reid_transformers.model_cards``
+   package) with the checkpoint's config, its training recipe, data, origin and retrieval
+   metrics, and :func:`save_model_card` writes it beside the weights as ``README.md``. The
+   card's YAML metadata carries a ``model-index`` with the metrics, so the Hub shows them on
+   the model page. What the card says beyond the config is a :class:`CardInputs`, which is
+   saved beside the card as ``card_inputs.json`` (:meth:`CardInputs.save`), so a later
+   re-render keeps every fact. :func:`write_model_card` does both for a checkpoint folder,
+   keeping what was saved there, and :func:`default_model_name` is the one rule that names a
+   card when no name is given (the trainer's cards and re-rendered ones alike).
 2. :func:`push_to_hub` uploads the folder, card included, in one commit. It never changes
    anything local; when the Hub cannot be reached it raises :class:`HubPushError` saying
    what failed and how to retry. It can upload a freshly rendered card in place of the
@@ -25,7 +28,7 @@ import numbers
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
@@ -35,8 +38,11 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 from huggingface_hub.utils import filter_repo_objects
 from huggingface_hub.utils import httpx as hub_httpx  # the HTTP client huggingface_hub uses
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.utils import CONFIG_NAME
 
+from . import models as _models  # noqa: F401  (registers the architectures with AutoConfig)
+from .evaluation.checkpoint import CheckpointEvaluation
 from .utils import write_atomically
 
 __all__ = [
@@ -47,16 +53,20 @@ __all__ = [
     "CardInputs",
     "CheckpointOrigin",
     "HubPushError",
+    "ModelCardUpdate",
     "available_model_card_templates",
+    "default_model_name",
     "model_card_template",
     "push_to_hub",
     "render_model_card",
     "save_card",
     "save_model_card",
+    "write_model_card",
 ]
 
-_TEMPLATE_PACKAGE = "reid_transformers"
-_TEMPLATE_FOLDER = "model_cards"
+# setup.cfg maps this package to the project's top-level model_cards/ folder, the one source
+# of the templates, for the wheel and the editable install alike.
+_TEMPLATE_PACKAGE = "reid_transformers.model_cards"
 _TEMPLATE_SUFFIX = ".md.jinja"
 # Shared layout every architecture's template extends; not a model type.
 _BASE_TEMPLATE = "_base" + _TEMPLATE_SUFFIX
@@ -106,6 +116,9 @@ _RANK_KEY = re.compile(r"^rank-([1-9]\d*)$")
 _COUNT_METRICS = ("num_valid_queries", "num_skipped_queries")
 # Returned by the `evaluate` metric but too long for a card (the curve up to max_rank).
 _IGNORED_METRICS = ("cmc",)
+# Ends the model-index metric names of re-ranked results, which is how a card read back
+# tells them apart.
+_RERANKED_SUFFIX = " (re-ranked)"
 
 _RECIPE_LABELS = {
     "epochs": "Epochs",
@@ -155,7 +168,7 @@ PUSH_IGNORE_PATTERNS = (".*", "**/.*", "*.bin", "*.pt", "*.pth", "*.pkl", "*.pic
 
 # ---------------------------------------------------------------------- templates
 def _template_files() -> Traversable:
-    return importlib.resources.files(_TEMPLATE_PACKAGE).joinpath(_TEMPLATE_FOLDER)
+    return importlib.resources.files(_TEMPLATE_PACKAGE)
 
 
 def available_model_card_templates() -> list[str]:
@@ -178,8 +191,8 @@ def model_card_template(model_type: str) -> str:
     if model_type not in available:
         raise ValueError(
             f"no model card template for model_type {model_type!r}; templates exist for "
-            f"{available}. Add {model_type}{_TEMPLATE_SUFFIX} to "
-            f"{_TEMPLATE_PACKAGE}/{_TEMPLATE_FOLDER}/ (it extends {_BASE_TEMPLATE})."
+            f"{available}. Add {model_type}{_TEMPLATE_SUFFIX} to the project's model_cards/ "
+            f"folder (it extends {_BASE_TEMPLATE})."
         )
     return _template_files().joinpath(model_type + _TEMPLATE_SUFFIX).read_text(encoding="utf-8")
 
@@ -289,7 +302,7 @@ class CardInputs:
             raise ValueError(f"initialisation {self.initialisation!r} needs base_model: the "
                              f"weights training started from")
         if isinstance(self.checkpoint, Mapping):
-            known = {field.name for field in fields(CheckpointOrigin)}
+            known = {entry.name for entry in fields(CheckpointOrigin)}
             unknown = sorted(set(self.checkpoint) - known)
             if unknown:
                 raise ValueError(f"checkpoint has unknown keys {unknown}; expected {sorted(known)}")
@@ -313,11 +326,11 @@ class CardInputs:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: a format tag and version, then every field (``checkpoint`` as a dict)."""
         values: dict[str, Any] = {"format": _CARD_INPUTS_FORMAT, "version": _CARD_INPUTS_VERSION}
-        for field in fields(self):
-            value = getattr(self, field.name)
+        for entry in fields(self):
+            value = getattr(self, entry.name)
             if isinstance(value, CheckpointOrigin):
                 value = {f.name: getattr(value, f.name) for f in fields(value)}
-            values[field.name] = value
+            values[entry.name] = value
         return values
 
     @classmethod
@@ -335,7 +348,7 @@ class CardInputs:
         if values.get("version") != _CARD_INPUTS_VERSION:
             raise ValueError(f"'version' must be {_CARD_INPUTS_VERSION} (this reid_transformers "
                              f"reads no other), got {values.get('version')!r}")
-        known = {field.name for field in fields(cls)}
+        known = {entry.name for entry in fields(cls)}
         unknown = sorted(set(values) - known - {"format", "version"})
         if unknown:
             raise ValueError(f"unknown keys {unknown}; expected {sorted(known)}")
@@ -746,7 +759,7 @@ def _eval_results(
             task_type=TASK_TYPE, task_name=TASK_NAME,
             dataset_type=dataset["type"], dataset_name=dataset["name"],
             dataset_split="query/gallery", metric_type=key,
-            metric_name=_metric_label(key) + (" (re-ranked)" if reranked else ""),
+            metric_name=_metric_label(key) + (_RERANKED_SUFFIX if reranked else ""),
             metric_args={"re_ranking": "k-reciprocal"} if reranked else None,
             metric_value=_percent(metrics[key]),
         )
@@ -869,6 +882,286 @@ def _format_value(value: Any) -> str:
     else:
         text = str(value)
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+# ---------------------------------------------------------------------- checkpoint cards
+@dataclass(frozen=True)
+class ModelCardUpdate:
+    """What :func:`write_model_card` rendered (and wrote, unless asked not to).
+
+    Attributes:
+        path: the card, ``<checkpoint>/README.md``.
+        model_name: the card's title and model-index name.
+        dataset: the name (or Hub id) the card gives the data, or ``None`` when it names
+            none (see ``data_layout``).
+        has_metrics: whether the card carries a metrics table and model-index.
+        kept: what was taken over from the saved card inputs (``card_inputs.json``) or,
+            without them, from the previous card's metadata: ``"metrics"`` (with their
+            evaluation settings), ``"dataset"``, ``"model name"``, ``"base model"``,
+            ``"initialisation"``, ``"training recipe"``, ``"checkpoint origin"``.
+        replaced: whether a previous ``README.md`` was (or, unwritten, would be) replaced.
+        card: the rendered card; ``str(card)`` is the README text.
+        inputs: what the card was rendered from, as saved to ``card_inputs.json``.
+        written: whether ``README.md`` and ``card_inputs.json`` were written.
+        inputs_found: whether a ``card_inputs.json`` was read; without one, tables the previous
+            card only held as text (recipe, evaluation settings) could not be recovered.
+        data_layout: the ``load_reid_dataset`` layout the data was read with, if known.
+    """
+
+    path: Path
+    model_name: str
+    dataset: str | None
+    has_metrics: bool
+    kept: tuple[str, ...] = field(default_factory=tuple)
+    replaced: bool = False
+    card: ModelCard | None = None
+    inputs: CardInputs | None = None
+    written: bool = True
+    inputs_found: bool = False
+    data_layout: str | None = None
+
+
+# The model-index dataset type of data known only by its layout: "custom-<layout>-layout".
+_CUSTOM_DATA_TYPE = re.compile(r"^custom-(?P<layout>\w+)-layout$")
+
+
+def _read_previous_card(path: Path) -> CardInputs:
+    """What a card's YAML metadata records (the rendered text is not parsed): model name,
+    base model, and the metrics of its first dataset with that dataset.
+
+    For cards without a ``card_inputs.json`` beside them. Metric values are stored in percent
+    with two decimals (see ``render_model_card``); they come back as fractions. Metadata that
+    cannot be read, or metrics the card would refuse, yield nothing.
+    """
+    try:
+        data = ModelCard(path.read_text(encoding="utf-8")).data
+    except (ValueError, UnicodeDecodeError):
+        return CardInputs()
+    model_name = data.model_name if isinstance(data.model_name, str) and data.model_name.strip() \
+        else None
+    base_model = data.base_model if isinstance(data.base_model, str) and data.base_model.strip() \
+        else None
+    first: tuple[Any, Any] | None = None
+    found: dict[str, dict[str, float]] = {}
+    for result in data.eval_results or ():
+        if first is None:
+            first = (result.dataset_type, result.dataset_name)
+        if (result.dataset_type, result.dataset_name) != first \
+                or not isinstance(result.metric_value, (int, float)):
+            continue
+        reranked = (result.metric_name or "").endswith(_RERANKED_SUFFIX)
+        found.setdefault("reranked_metrics" if reranked else "metrics", {})[
+            result.metric_type] = round(result.metric_value / 100.0, 6)
+    described: dict[str, str | None] = {}
+    if first is not None:
+        dataset_type, dataset_name = first
+        custom = _CUSTOM_DATA_TYPE.match(dataset_type or "")
+        if custom and custom["layout"] in KNOWN_DATASETS:
+            described = {"data_layout": custom["layout"]}
+        elif dataset_type in KNOWN_DATASETS:  # a benchmark is stored under its loader name
+            described = {"dataset_name": dataset_type}
+        elif dataset_name:
+            described = {"dataset_name": dataset_name}
+    try:
+        return CardInputs(model_name=model_name, base_model=base_model, **described, **found)
+    except ValueError:
+        return CardInputs(model_name=model_name, base_model=base_model)
+
+
+def default_model_name(
+    checkpoint: str | os.PathLike[str], model_type: str, dataset: str | None = None
+) -> str:
+    """The name a checkpoint's card gets when none is given: the one rule the trainer and
+    :func:`write_model_card` (``reid-transformers card``) share, so a card re-rendered for a
+    folder keeps the name training gave it.
+
+    Args:
+        checkpoint: the checkpoint folder (it need not exist yet).
+        model_type: the architecture's ``config.model_type``.
+        dataset: the data's name or layout, if known.
+
+    Returns:
+        The folder's name, or for a trainer's ``best`` / ``last`` the run folder's (the run
+        names the model); ``"<model_type>-<dataset>"`` (``"<model_type>-reid"`` without a
+        dataset) for a folder without a name, such as the file-system root.
+    """
+    resolved = Path(checkpoint).resolve()
+    if resolved.name in _CHECKPOINT_KINDS and resolved.parent.name:
+        return resolved.parent.name
+    return resolved.name or f"{model_type}-{dataset or 'reid'}"
+
+
+def _same_key(name: str) -> str:
+    return name.strip().lower()
+
+
+def _names_other_data(name: str, saved: CardInputs) -> bool:
+    """Whether naming the data ``name`` contradicts what ``saved`` knows of it.
+
+    A different name, or a benchmark whose own layout differs from the layout the data was
+    read in (the generic CSV layout can hold anything), is other data; naming data that had
+    no name (only a layout, or nothing) is not.
+    """
+    if saved.dataset_name is not None:
+        return _same_key(name) != _same_key(saved.dataset_name)
+    key = _same_key(name)
+    return saved.data_layout not in (None, "generic") and key in KNOWN_DATASETS \
+        and key != saved.data_layout
+
+
+def _layout_contradicts(layout: str, saved: CardInputs) -> bool:
+    """Whether data read in ``layout`` cannot be the data ``saved`` describes: it was read in
+    another layout, or its saved name is a benchmark of another layout."""
+    if saved.data_layout is not None:
+        return layout != saved.data_layout
+    return saved.dataset_name is not None and _same_key(saved.dataset_name) in KNOWN_DATASETS \
+        and layout != "generic" and _same_key(saved.dataset_name) != layout
+
+
+def write_model_card(
+    checkpoint: str | os.PathLike[str],
+    *,
+    evaluation: CheckpointEvaluation | None = None,
+    dataset: str | None = None,
+    dataset_id: str | None = None,
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    base_model: str | None = None,
+    save: bool = True,
+) -> ModelCardUpdate:
+    """Render the checkpoint's model card into its ``README.md``, keeping every saved fact.
+
+    The card is rendered from the checkpoint's config and its card inputs
+    (:class:`~reid_transformers.hub.CardInputs`): those saved in ``card_inputs.json`` (the
+    trainer writes it with every checkpoint), else what the previous card's YAML metadata
+    records (metrics with their dataset, model name, base model), updated with what is given
+    here. ``README.md`` and the updated ``card_inputs.json`` are then written atomically, so a
+    later re-render keeps the recipe, data, origin and metrics. ``repo_id`` is not saved: it is
+    where one copy is published, given again when the card is rendered for it.
+
+    The data is named only by ``dataset`` / ``dataset_id`` (or a name saved before): the
+    ``dataset`` of an ``evaluation`` is the ``load_reid_dataset`` layout it was read with
+    (``evaluate --dataset``), and data known only by its layout is described as a custom
+    dataset in that layout, never as the benchmark.
+
+    Args:
+        checkpoint: the checkpoint folder (``config.json`` is read for the architecture).
+        evaluation: metrics to put in the card (e.g. :meth:`CheckpointEvaluation.load` of the
+            ``--json`` file of ``reid-transformers evaluate``), with its distance and flip
+            settings and the count of images it left out as unreadable. Replaces the saved
+            metrics; measured in another layout than the saved data, it also drops the saved
+            data's name.
+        dataset: the data's name: a benchmark (``"market1501"``, shown by its usual name) or
+            any display name. Naming other data than the saved name (or a benchmark of
+            another layout) drops the saved metrics, which were measured on that data.
+        dataset_id: the data's Hub dataset id (metadata ``datasets``; names the data too).
+        repo_id: ``namespace/name`` the card is published under, used in its loading
+            snippets (they otherwise load ``"path/to/checkpoint"``).
+        model_name: title and model-index name; default: ``repo_id``'s name, else the saved
+            one, else :func:`default_model_name` (the checkpoint folder's name; the run
+            folder's for a trainer's ``best`` / ``last``), the rule the trainer names by.
+        base_model: the weights training started from; default: the saved one (with how the
+            checkpoint was initialised from it).
+        save: with False nothing is written; the card is in the result (``push
+            --update-card`` writes it only after the upload succeeded).
+
+    Raises:
+        FileNotFoundError: the folder or its ``config.json`` is missing.
+        NotADirectoryError: ``checkpoint`` is a file.
+        ValueError: metrics without a dataset name, metrics the card refuses (unknown keys,
+            values outside [0, 1]), a malformed ``repo_id`` or ``dataset_id``, or a damaged
+            ``card_inputs.json`` (the message names it).
+    """
+    folder = _checkpoint_directory(checkpoint)
+    if not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(
+            f"checkpoint folder {folder} lacks {CONFIG_NAME}; write it with "
+            f"model.save_pretrained(folder)"
+        )
+    config = AutoConfig.from_pretrained(folder)
+    card_path = folder / "README.md"
+    replaced = card_path.is_file()
+    found = CardInputs.load(folder)
+    saved = found or (_read_previous_card(card_path) if replaced else CardInputs())
+    kept: list[str] = []
+
+    name, hub_id, layout = saved.dataset_name, saved.dataset_id, saved.data_layout
+    metrics, reranked, facts = saved.metrics, saved.reranked_metrics, saved.evaluation
+    if evaluation is not None:
+        metrics, reranked = evaluation.metrics, evaluation.reranked_metrics
+        facts = {key: value
+                 for key, value in (("distance", evaluation.distance), ("flip", evaluation.flip))
+                 if value is not None}
+        if evaluation.skipped_images:  # the metrics are not those of the whole split
+            facts["images_left_out"] = {split: len(files)
+                                        for split, files in evaluation.skipped_images.items()}
+        facts = facts or None
+        measured_on = evaluation.dataset
+        if measured_on in KNOWN_DATASETS:
+            if _layout_contradicts(measured_on, saved):
+                name = hub_id = None  # measured on other data than the saved name's
+            layout = measured_on
+        elif measured_on is not None:  # a name written into a metrics file by hand
+            name, hub_id, layout = measured_on, None, None
+    if dataset is not None and evaluation is None and _names_other_data(dataset, saved):
+        metrics = reranked = facts = None  # measured on the data named before
+    if dataset is not None:
+        name = dataset
+        hub_id = dataset_id
+    if dataset_id is not None:
+        hub_id = dataset_id
+    if evaluation is None and (metrics is not None or reranked is not None):
+        kept.append("metrics")
+    data = (name, hub_id, layout)
+    if dataset is None and dataset_id is None and any(data) \
+            and data == (saved.dataset_name, saved.dataset_id, saved.data_layout):
+        kept.append("dataset")
+    if (metrics is not None or reranked is not None) and not (name or hub_id or layout):
+        raise ValueError(
+            "the metrics need the name of the dataset they were measured on; pass dataset"
+        )
+
+    if model_name is None and repo_id is not None:
+        model_name = repo_id.rsplit("/", 1)[-1]
+    if model_name is None and saved.model_name:
+        model_name = saved.model_name
+        kept.append("model name")
+    if model_name is None:
+        model_name = default_model_name(folder, config.model_type, name or hub_id or layout)
+    initialisation = saved.initialisation
+    if base_model is None:
+        base_model = saved.base_model
+        if base_model is not None:
+            kept.append("base model")
+        if initialisation is not None:
+            kept.append("initialisation")
+    elif base_model != saved.base_model:
+        initialisation = None  # what these weights are is not known
+    if saved.training is not None:
+        kept.append("training recipe")
+    if saved.checkpoint is not None:
+        kept.append("checkpoint origin")
+
+    inputs = CardInputs(
+        model_name=model_name, dataset_name=name, dataset_id=hub_id, data_layout=layout,
+        metrics=metrics, reranked_metrics=reranked, evaluation=facts, training=saved.training,
+        base_model=base_model, initialisation=initialisation, checkpoint=saved.checkpoint,
+    )
+    card = save_card(folder, config, inputs, repo_id=repo_id) if save \
+        else inputs.render(config, repo_id=repo_id)
+    return ModelCardUpdate(
+        path=card_path,
+        model_name=model_name,
+        dataset=name or hub_id or (layout if layout == "synthetic" else None),
+        has_metrics=metrics is not None or reranked is not None,
+        kept=tuple(kept),
+        replaced=replaced,
+        card=card,
+        inputs=inputs,
+        written=save,
+        inputs_found=found is not None,
+        data_layout=layout,
+    )
 
 
 # ---------------------------------------------------------------------- pushing

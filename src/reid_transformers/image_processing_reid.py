@@ -2,33 +2,23 @@
 
 Re-ID crops (pedestrians, typically 2:1 tall) are resized to a fixed ``(height, width)``
 without keeping the aspect ratio, rescaled from 0..255 to 0..1 and normalised with a
-per-channel mean and std. The processor follows the transformers 5.x PIL backend
-(``PilBackend`` with declarative class attributes), so ``save_pretrained`` /
-``from_pretrained`` / ``AutoImageProcessor`` work as for any transformers model, and a
-per-architecture default is a subclass that only overrides class attributes::
+per-channel mean and std. :class:`ReIDImageProcessor` is a transformers 5.x ``PilBackend``:
+the base class merges per-call settings with the instance's, calls the validation hook and
+provides ``save_pretrained`` / ``from_pretrained`` / ``AutoImageProcessor``. This module adds
+what re-ID needs and ``PilBackend`` does not do: strict input and settings checks with
+messages that name the bad value, float images resized without 8-bit quantisation, rescale
+and normalise folded into one multiply-subtract, atomic saving, ``denormalize``, and a
+uint8 torch batch fast path. A per-architecture default is a subclass that only overrides
+class attributes::
 
-    class AAformerImageProcessor(ReIDImageProcessor):
+    class AAformerImageProcessor(ViTReIDImageProcessor):
         size = {"height": 256, "width": 128}
-        image_mean = image_std = [0.5, 0.5, 0.5]
-
-Two paths compute the same thing:
-
-* the PIL path (reference): every image is converted to RGB, resized with PIL, then the
-  whole batch is rescaled and normalised with numpy;
-* the tensor fast path: a uint8 ``(B, 3, H, W)`` torch batch is resized with one
-  ``F.interpolate(mode="bilinear", antialias=True)`` on the batch's device and normalised
-  there. Before normalisation it matches the PIL path within one grey level (1/255 after
-  rescaling). ``__call__`` takes it automatically for uint8 torch batches of a bilinear
-  processor (see :meth:`ReIDImageProcessor.preprocess`); call
-  :meth:`ReIDImageProcessor.preprocess_tensor_batch` directly to keep a GPU batch on its
-  device.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias, Unpack
 
@@ -50,7 +40,7 @@ from transformers.image_utils import (
 )
 from transformers.processing_utils import ImagesKwargs
 
-from .utils import write_atomically
+from .utils import check_positive_number, write_atomically
 
 SingleImage: TypeAlias = PIL.Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
 """One image: a PIL image, a 2-D/3-D array or tensor, or the path of an image file."""
@@ -68,6 +58,14 @@ SUPPORTED_PIL_MODES: tuple[str, ...] = (
 _ALPHA_PIL_MODES = ("LA", "PA", "RGBA", "RGBa")
 _ACCEPTED_CHANNELS = (1, 3, 4)
 _RETURN_TENSORS = (None, "np", "pt")
+#: Devices where PyTorch has a uint8 antialiased bilinear kernel (Pillow's fixed-point
+#: algorithm); elsewhere the fast path interpolates in float32 and rounds like Pillow.
+_UINT8_RESIZE_DEVICES = ("cpu",)
+#: Settings ``PilBackend`` knows that re-ID preprocessing refuses, and why.
+_REFUSED_SETTINGS = {
+    "do_center_crop": "re-ID crops are resized to size without cropping",
+    "do_pad": "every image is resized to size",
+}
 
 
 class ReIDImageProcessor(PilBackend):
@@ -82,9 +80,10 @@ class ReIDImageProcessor(PilBackend):
     files. Output: ``BatchFeature`` with ``pixel_values`` of shape ``(B, 3, height, width)``,
     float32.
 
-    Center cropping and padding are not part of re-ID preprocessing and are rejected
-    (``do_center_crop`` / ``do_pad``), as is ``do_convert_rgb=False`` (the models need three
-    channels) and any output layout but channels-first.
+    Settings are checked once, at construction (so a bad ``preprocessor_config.json`` fails
+    in ``from_pretrained``) and for each call's overrides. Center cropping and padding are
+    rejected (``do_center_crop`` / ``do_pad``), as are ``do_convert_rgb=False`` (the models
+    need three channels) and any output layout but channels-first.
     """
 
     size = {"height": 256, "width": 128}
@@ -98,11 +97,7 @@ class ReIDImageProcessor(PilBackend):
 
     def __init__(self, **kwargs: Unpack[ImagesKwargs]) -> None:
         super().__init__(**kwargs)
-        # Fail at construction (or at from_pretrained of a bad JSON file) rather than at the
-        # first batch, possibly hours into an evaluation run.
-        self._validate_preprocess_kwargs(
-            **{name: getattr(self, name) for name in self._valid_kwargs_names}
-        )
+        self._validate_preprocess_kwargs(**self._own_settings())
 
     def preprocess(self, images: ReIDImageInput, **kwargs: Unpack[ImagesKwargs]) -> BatchFeature:
         """Turn one image or a batch of images into ``pixel_values``.
@@ -134,10 +129,11 @@ class ReIDImageProcessor(PilBackend):
             float32 (a single image gives B = 1).
 
         Fast path: a uint8 torch tensor ``(B, 3, H, W)`` or ``(B, H, W, 3)``, or a list of
-        same-shape uint8 torch tensors with 3 channels, is processed as one batch by
-        :meth:`preprocess_tensor_batch`'s code (on the tensors' device) when the resampling
-        filter is bilinear. It matches the PIL path within one grey level before
-        normalisation. Everything else takes the PIL path.
+        same-shape uint8 torch tensors with 3 channels on one device, is processed as one
+        batch by :func:`_uint8_batch_pixel_values` (on the tensors' device) when the
+        resampling filter is bilinear; it matches the PIL path within one grey level before
+        normalisation. Everything else takes the PIL path: each image is converted to RGB
+        and resized with PIL, then the batch is rescaled and normalised with numpy.
 
         Raises:
             ValueError: an unsupported input (type, dtype, shape, zero size, PIL mode,
@@ -150,45 +146,37 @@ class ReIDImageProcessor(PilBackend):
     def preprocess_tensor_batch(
         self, images_uint8: torch.Tensor | Sequence[torch.Tensor]
     ) -> torch.Tensor:
-        """Resize + rescale + normalise a uint8 RGB batch with torch, on its own device.
+        """The fast path on its own: resize + rescale + normalise a uint8 RGB batch in torch.
 
-        This is the batched fast path used by ``__call__`` for uint8 tensors and by the
-        trainer after batched augmentation on the GPU. It uses this processor's ``size``,
-        ``rescale_factor``, ``image_mean`` and ``image_std``. On CPU it runs PyTorch's uint8
-        antialiased kernel (Pillow's algorithm, channels-last); elsewhere it interpolates in
-        float32 and rounds to whole grey levels like Pillow. Either way it matches the PIL
-        path within one grey level before normalisation.
+        Nothing in this package calls it (the trainer, extraction and the embedder hand PIL
+        images or numpy crops to ``__call__``); it is for callers that hold decoded uint8
+        tensors, e.g. from ``torchvision.io.decode_image`` or a GPU video decoder, and want
+        the result on the tensors' device without a ``BatchFeature``. ``__call__`` routes
+        such batches here by itself. It uses this processor's settings.
 
         Args:
             images_uint8: ``(B, 3, H, W)`` uint8 tensor, or a non-empty sequence of
                 ``(3, H, W)`` uint8 tensors of one shape on one device.
 
         Returns:
-            ``(B, 3, height, width)`` float32 tensor on the input's device.
+            Contiguous ``(B, 3, height, width)`` float32 tensor on the input's device.
 
         Raises:
             ValueError: wrong type, dtype, rank, channel count or mixed shapes/devices, or a
                 processor whose resampling filter is not bilinear (only bilinear is
                 guaranteed to match PIL; use ``__call__`` for other filters).
         """
-        batch = _stack_uint8_batch(images_uint8)
-        resample = PILImageResampling(self.resample)
-        if self.do_resize and resample != PILImageResampling.BILINEAR:
+        batch, reason = _uint8_batch(images_uint8, ChannelDimension.FIRST)
+        if batch is None:
+            raise ValueError(reason)
+        settings = self._own_settings()
+        if not _fast_path_filter(settings):
             raise ValueError(
                 f"preprocess_tensor_batch implements only bilinear resampling, but this "
-                f"processor uses resample={resample.name}; call the processor itself, which "
-                f"resizes with PIL for any filter"
+                f"processor uses resample={PILImageResampling(self.resample).name}; call the "
+                f"processor itself, which resizes with PIL for any filter"
             )
-        return self._tensor_batch_path(
-            batch,
-            do_resize=self.do_resize,
-            size=self.size,
-            do_rescale=self.do_rescale,
-            rescale_factor=self.rescale_factor,
-            do_normalize=self.do_normalize,
-            image_mean=self.image_mean,
-            image_std=self.image_std,
-        )
+        return _uint8_batch_pixel_values(batch, settings)
 
     def denormalize(self, pixel_values: np.ndarray | torch.Tensor) -> np.ndarray:
         """Undo rescaling and normalisation: ``pixel_values`` back to 8-bit RGB images.
@@ -205,41 +193,26 @@ class ReIDImageProcessor(PilBackend):
             ``PIL.Image.fromarray``.
 
         Raises:
-            ValueError: wrong rank, channel count or dtype, or non-finite values.
+            ValueError: wrong type, rank, channel count or dtype, or non-finite values.
         """
-        if isinstance(pixel_values, torch.Tensor):
-            if not pixel_values.is_floating_point():
-                raise ValueError(
-                    f"pixel_values must be floating point, got a tensor of dtype "
-                    f"{pixel_values.dtype}"
-                )
-            values = pixel_values.detach().to("cpu", torch.float32).numpy()
-        elif isinstance(pixel_values, np.ndarray):
-            if not np.issubdtype(pixel_values.dtype, np.floating):
-                raise ValueError(
-                    f"pixel_values must be floating point, got an array of dtype "
-                    f"{pixel_values.dtype}"
-                )
-            values = pixel_values.astype(np.float32, copy=False)
-        else:
+        values = pixel_values
+        if isinstance(values, torch.Tensor):
+            values = _tensor_to_numpy(values)
+        if not isinstance(values, np.ndarray):
             raise ValueError(
                 f"pixel_values must be a numpy array or torch tensor, got "
                 f"{type(pixel_values).__name__}"
             )
+        if not np.issubdtype(values.dtype, np.floating):
+            raise ValueError(f"pixel_values must be floating point, got dtype {values.dtype}")
         if values.ndim not in (3, 4) or values.shape[-3] != 3:
             raise ValueError(
                 f"pixel_values must have shape (B, 3, H, W) or (3, H, W), got {values.shape}"
             )
         if not np.isfinite(values).all():
             raise ValueError("pixel_values contain NaN or infinite values")
-        scale, shift = _affine_coefficients(
-            self.do_rescale,
-            self.rescale_factor,
-            self.do_normalize,
-            self.image_mean,
-            self.image_std,
-        )
-        grey_levels = (values + shift[:, None, None]) / scale[:, None, None]
+        scale, shift = _affine_coefficients(**self._own_settings())
+        grey_levels = (values.astype(np.float32) + shift[:, None, None]) / scale[:, None, None]
         rgb = np.clip(np.rint(grey_levels), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(np.moveaxis(rgb, -3, -1))
 
@@ -259,13 +232,13 @@ class ReIDImageProcessor(PilBackend):
             ValueError / FileNotFoundError: as described in :meth:`preprocess`.
         """
         if isinstance(image, str | os.PathLike):
-            loaded = _load_image_file(image)
+            loaded = load_image_file(image)
             try:
-                return np.moveaxis(_pil_to_rgb(loaded), -1, 0)
+                return np.moveaxis(np.asarray(to_rgb_image(loaded)), -1, 0)
             except ValueError as error:
                 raise ValueError(f"image file {str(image)!r}: {error}") from error
         if isinstance(image, PIL.Image.Image):
-            return np.moveaxis(_pil_to_rgb(image), -1, 0)
+            return np.moveaxis(np.asarray(to_rgb_image(image)), -1, 0)
         if isinstance(image, torch.Tensor):
             return _array_to_rgb_chw(_tensor_to_numpy(image), input_data_format, "CHW")
         if isinstance(image, np.ndarray):
@@ -276,16 +249,17 @@ class ReIDImageProcessor(PilBackend):
         )
 
     def to_json_file(self, json_file_path: str | os.PathLike) -> None:
-        """Write the processor's JSON config to ``json_file_path`` atomically.
-
-        The JSON is written to a temporary file in the same directory and renamed over the
-        target, so an interrupted ``save_pretrained`` never leaves a truncated
-        ``preprocessor_config.json`` behind.
-        """
+        """Write the processor's JSON config to ``json_file_path`` atomically, so an
+        interrupted ``save_pretrained`` never leaves a truncated ``preprocessor_config.json``."""
         text = self.to_json_string()
         write_atomically(Path(json_file_path), lambda f: f.write(text.encode("utf-8")))
 
     # --- transformers hooks -------------------------------------------------------------
+
+    def _own_settings(self) -> dict[str, Any]:
+        """The instance's settings, as ``preprocess`` resolves them for a call without
+        overrides."""
+        return {name: getattr(self, name) for name in self._valid_kwargs_names}
 
     def _validate_preprocess_kwargs(
         self,
@@ -297,8 +271,6 @@ class ReIDImageProcessor(PilBackend):
         do_normalize: bool | None = None,
         image_mean: float | Sequence[float] | None = None,
         image_std: float | Sequence[float] | None = None,
-        do_center_crop: bool | None = None,
-        do_pad: bool | None = None,
         do_convert_rgb: bool | None = None,
         data_format: str | ChannelDimension | None = None,
         input_data_format: str | ChannelDimension | None = None,
@@ -306,11 +278,12 @@ class ReIDImageProcessor(PilBackend):
         device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> None:
-        """Check the resolved settings of a call (or of the instance); raise ValueError."""
+        """Check the resolved settings of a call (or of the instance); raise ValueError.
+
+        The one place settings are checked: the processing code trusts them.
+        """
         if do_resize:
-            if size is None:
-                raise ValueError("do_resize=True needs size={'height': H, 'width': W}")
-            _target_size(size)
+            _check_target_size(size)
         if resample is not None:
             try:
                 PILImageResampling(resample)
@@ -321,21 +294,15 @@ class ReIDImageProcessor(PilBackend):
                 ) from error
         elif do_resize:
             raise ValueError("do_resize=True needs a resample filter, got resample=None")
-        if do_rescale and not _is_positive_number(rescale_factor):
-            raise ValueError(
-                f"rescale_factor must be a positive finite number, got {rescale_factor!r}"
-            )
+        if do_rescale:
+            check_positive_number("rescale_factor", rescale_factor)
         if do_normalize:
-            _channel_vector("image_mean", image_mean)
-            if np.any(_channel_vector("image_std", image_std) <= 0):
+            _check_channel_vector("image_mean", image_mean)
+            if np.any(_check_channel_vector("image_std", image_std) <= 0):
                 raise ValueError(f"image_std must be positive, got {image_std!r}")
-        if do_center_crop:
-            raise ValueError(
-                "do_center_crop=True is not supported: re-ID crops are resized to size "
-                "without cropping"
-            )
-        if do_pad:
-            raise ValueError("do_pad=True is not supported: every image is resized to size")
+        for name, reason in _REFUSED_SETTINGS.items():
+            if kwargs.get(name):
+                raise ValueError(f"{name}=True is not supported: {reason}")
         if do_convert_rgb is False:
             raise ValueError(
                 "do_convert_rgb=False is not supported: re-ID models take 3-channel RGB input"
@@ -345,10 +312,7 @@ class ReIDImageProcessor(PilBackend):
                 f"data_format must be 'channels_first' (pixel_values are (B, 3, H, W)), got "
                 f"{data_format!r}"
             )
-        if input_data_format is not None and input_data_format not in (
-            ChannelDimension.FIRST,
-            ChannelDimension.LAST,
-        ):
+        if input_data_format not in (None, ChannelDimension.FIRST, ChannelDimension.LAST):
             raise ValueError(
                 f"input_data_format must be 'channels_first' or 'channels_last', got "
                 f"{input_data_format!r}"
@@ -363,24 +327,12 @@ class ReIDImageProcessor(PilBackend):
 
     def _preprocess_image_like_inputs(self, images: ReIDImageInput, **kwargs: Any) -> BatchFeature:
         """Route uint8 torch batches to the tensor fast path, everything else to PIL."""
-        batch = _uint8_tensor_batch(images, kwargs.get("input_data_format"))
-        bilinear_or_no_resize = not kwargs["do_resize"] or (
-            PILImageResampling(kwargs["resample"]) == PILImageResampling.BILINEAR
-        )
-        if batch is not None and bilinear_or_no_resize:
+        batch, _ = _uint8_batch(images, kwargs.get("input_data_format"))
+        if batch is not None and _fast_path_filter(kwargs):
             if kwargs.get("device") is not None:
                 # Moving uint8 before the float conversion transfers 4x fewer bytes.
                 batch = batch.to(kwargs["device"])
-            pixel_values = self._tensor_batch_path(
-                batch,
-                do_resize=kwargs["do_resize"],
-                size=kwargs["size"],
-                do_rescale=kwargs["do_rescale"],
-                rescale_factor=kwargs["rescale_factor"],
-                do_normalize=kwargs["do_normalize"],
-                image_mean=kwargs["image_mean"],
-                image_std=kwargs["image_std"],
-            )
+            pixel_values = _uint8_batch_pixel_values(batch, kwargs)
             return _batch_feature(pixel_values, kwargs["return_tensors"], None)
         prepared = self._prepare_image_like_inputs(
             images, input_data_format=kwargs.get("input_data_format")
@@ -416,19 +368,17 @@ class ReIDImageProcessor(PilBackend):
         do_resize: bool,
         size: SizeDict,
         resample: PILImageResampling | int,
-        do_rescale: bool,
-        rescale_factor: float,
-        do_normalize: bool,
-        image_mean: float | Sequence[float],
-        image_std: float | Sequence[float],
         return_tensors: str | None,
         device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
-        """PIL path: resize each ``(3, H, W)`` image with PIL, then normalise the batch."""
+        """PIL path: resize each ``(3, H, W)`` image with PIL, then normalise the batch.
+
+        ``kwargs`` holds the rest of the call's settings (rescale and normalise among them).
+        """
         if do_resize:
-            target = _target_size(size)
             filter_ = PILImageResampling(resample)
+            target = (size.height, size.width)
             images = [_resize_with_pil(image, target, filter_) for image in images]
         shapes = sorted({image.shape for image in images})
         if len(shapes) > 1:
@@ -438,48 +388,10 @@ class ReIDImageProcessor(PilBackend):
             )
         # np.stack copies, so the in-place affine below never touches the caller's arrays.
         batch = np.stack(images).astype(np.float32, copy=False)
-        scale, shift = _affine_coefficients(
-            do_rescale, rescale_factor, do_normalize, image_mean, image_std
-        )
+        scale, shift = _affine_coefficients(**kwargs)
         batch *= scale[:, None, None]
         batch -= shift[:, None, None]
         return _batch_feature(batch, return_tensors, device)
-
-    def _tensor_batch_path(
-        self,
-        batch: torch.Tensor,
-        *,
-        do_resize: bool,
-        size: SizeDict,
-        do_rescale: bool,
-        rescale_factor: float,
-        do_normalize: bool,
-        image_mean: float | Sequence[float],
-        image_std: float | Sequence[float],
-    ) -> torch.Tensor:
-        """Resize (bilinear, antialiased) and normalise a uint8 ``(B, 3, H, W)`` batch."""
-        target = _target_size(size) if do_resize else tuple(batch.shape[-2:])
-        if tuple(batch.shape[-2:]) != target:
-            resized = _resize_uint8_batch(batch, target)
-        else:
-            # PIL returns an unchanged copy for a same-size resize; skip the kernel too.
-            resized = batch
-        scale, shift = _affine_coefficients(
-            do_rescale, rescale_factor, do_normalize, image_mean, image_std
-        )
-        if resized.device.type == "cpu":
-            # Filling a fresh large float tensor is dominated by page faults; numpy asks the
-            # kernel for transparent huge pages for large buffers and torch's CPU allocator does
-            # not, which makes this conversion 3-4x faster on Linux.
-            out = torch.from_numpy(np.empty(tuple(resized.shape), dtype=np.float32))
-            out.copy_(resized)
-        else:
-            out = resized.to(torch.float32, memory_format=torch.contiguous_format)
-        # mul then sub (not addcmul) so the result is bit-identical to the numpy PIL path
-        # wherever the resized pixels agree.
-        out.mul_(torch.from_numpy(scale).to(out.device).view(1, 3, 1, 1))
-        out.sub_(torch.from_numpy(shift).to(out.device).view(1, 3, 1, 1))
-        return out
 
 
 class ViTReIDImageProcessor(ReIDImageProcessor):
@@ -524,8 +436,13 @@ def _as_image_list(images: ReIDImageInput) -> tuple[bool, list[SingleImage]]:
     return True, [images]
 
 
-def _load_image_file(path: str | os.PathLike) -> PIL.Image.Image:
-    """Open and fully decode an image file (EXIF orientation applied)."""
+def load_image_file(path: str | os.PathLike) -> PIL.Image.Image:
+    """Open and fully decode an image file (EXIF orientation applied).
+
+    Raises:
+        FileNotFoundError: ``path`` is not an existing file.
+        ValueError: PIL cannot decode it (corrupt, truncated, not an image); names the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {str(path)!r} does not exist or is not a file")
@@ -564,16 +481,18 @@ def check_pil_image(image: PIL.Image.Image) -> None:
         )
 
 
-def _pil_to_rgb(image: PIL.Image.Image) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB array of a PIL image; transparency is composited onto white."""
+def to_rgb_image(image: PIL.Image.Image) -> PIL.Image.Image:
+    """The RGB rendering of a PIL image; transparency is composited onto white.
+
+    Raises:
+        ValueError: as :func:`check_pil_image`.
+    """
     check_pil_image(image)
     if image.mode in _ALPHA_PIL_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = PIL.Image.alpha_composite(white, rgba)
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.asarray(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -677,138 +596,134 @@ def _resize_with_pil(
     )
 
 
-def _uint8_tensor_batch(
+def _uint8_batch(
     images: ReIDImageInput, input_data_format: str | ChannelDimension | None
-) -> torch.Tensor | None:
-    """The input as a uint8 ``(B, 3, H, W)`` tensor if it qualifies for the fast path."""
-    if isinstance(images, torch.Tensor):
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.numel() == 0:
-            # Zero-size images go to the PIL path too, which names the image it refuses.
-            return None
-        batch = images
-    elif isinstance(images, list | tuple) and images:
-        if not all(
-            isinstance(item, torch.Tensor)
-            and item.dtype == torch.uint8
-            and item.ndim == 3
-            and item.numel() > 0
-            for item in images
-        ):
-            return None
-        if len({item.shape for item in images}) > 1 or len({item.device for item in images}) > 1:
-            return None
-        batch = torch.stack(list(images))
-    else:
-        return None
-    try:
-        axis = _channel_axis(tuple(batch.shape[1:]), input_data_format, "CHW")
-    except ValueError:
-        return None  # the PIL path reports the bad shape, naming the offending image
-    if axis == 2:
-        # A (B, H, W, 3) tensor permuted this way is already channels-last in memory, the
-        # layout the CPU uint8 kernel wants.
-        batch = batch.permute(0, 3, 1, 2)
-    return batch if batch.shape[1] == 3 else None
-
-
-def _stack_uint8_batch(images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    """Validate the fast path's input and return it as one ``(B, 3, H, W)`` tensor."""
+) -> tuple[torch.Tensor | None, str]:
+    """The input as one uint8 ``(B, 3, H, W)`` tensor for the fast path, or ``None`` and the
+    reason it is not one (which ``preprocess_tensor_batch`` raises and ``__call__`` answers by
+    taking the PIL path, whose errors name the offending image)."""
     if isinstance(images, list | tuple):
         if not images:
-            raise ValueError("got an empty list of images")
+            return None, "got an empty list of images"
         for index, item in enumerate(images):
-            if not isinstance(item, torch.Tensor) or item.ndim != 3:
-                what = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
-                raise ValueError(f"images[{index}] must be a (3, H, W) uint8 tensor, got {what}")
+            if not isinstance(item, torch.Tensor) or item.ndim != 3 or item.dtype != torch.uint8:
+                tensor = isinstance(item, torch.Tensor)
+                what = f"{item.dtype}, shape {tuple(item.shape)}" if tensor else type(item).__name__
+                return None, f"images[{index}] must be a (3, H, W) uint8 tensor, got {what}"
         shapes = sorted({tuple(item.shape) for item in images})
         if len(shapes) > 1:
-            raise ValueError(f"all images must have one shape to form a batch, got {shapes}")
+            return None, f"all images must have one shape to form a batch, got {shapes}"
         devices = sorted({str(item.device) for item in images})
         if len(devices) > 1:
-            raise ValueError(f"all images must be on one device, got {devices}")
+            return None, f"all images must be on one device, got {devices}"
         images = torch.stack(list(images))
     if not isinstance(images, torch.Tensor):
-        raise ValueError(
+        return None, (
             f"expected a (B, 3, H, W) uint8 tensor or a list of (3, H, W) uint8 tensors, got "
             f"{type(images).__name__}"
         )
     if images.dtype != torch.uint8:
-        raise ValueError(
+        return None, (
             f"the tensor fast path takes uint8 images (0..255), got dtype {images.dtype}; "
             f"call the processor itself for floating-point images"
         )
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-        raise ValueError(
-            f"expected a non-empty (B, 3, H, W) uint8 batch, got shape {tuple(images.shape)}"
-        )
-    if images.shape[2] == 0 or images.shape[3] == 0:
-        raise ValueError(f"images have zero size: shape {tuple(images.shape)}")
-    return images
+    shape_error = f"expected a non-empty (B, 3, H, W) uint8 batch, got shape {tuple(images.shape)}"
+    if images.ndim != 4 or images.shape[0] == 0:
+        return None, shape_error
+    if images.numel() == 0:
+        return None, f"images have zero size: shape {tuple(images.shape)}"
+    try:
+        axis = _channel_axis(tuple(images.shape[1:]), input_data_format, "CHW")
+    except ValueError:
+        return None, shape_error
+    if axis == 2:
+        # A (B, H, W, 3) tensor permuted this way is already channels-last in memory, the
+        # layout the CPU uint8 kernel wants.
+        images = images.permute(0, 3, 1, 2)
+    return (images, "") if images.shape[1] == 3 else (None, shape_error)
 
 
-def _resize_uint8_batch(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear antialiased resize of a uint8 ``(B, 3, H, W)`` batch to ``size=(h, w)``.
+def _fast_path_filter(settings: Mapping[str, Any]) -> bool:
+    """Whether the settings' resize is one the fast path reproduces (bilinear, or none):
+    torch's antialiased bicubic differs from Pillow's by up to 16 grey levels on noise."""
+    return not settings["do_resize"] or (
+        PILImageResampling(settings["resample"]) == PILImageResampling.BILINEAR
+    )
 
-    Returns whole grey levels: uint8 on CPU, float32 elsewhere.
+
+def _uint8_batch_pixel_values(batch: torch.Tensor, settings: Mapping[str, Any]) -> torch.Tensor:
+    """The fast path: a uint8 ``(B, 3, H, W)`` batch -> ``(B, 3, height, width)`` float32
+    ``pixel_values`` on the batch's device, under the (checked) ``settings``.
+
+    One bilinear antialiased resize for the whole batch, then one multiply and one subtract.
+    The resize yields whole grey levels on every device, like Pillow, so the result matches
+    the PIL path within one grey level before normalisation, and bit for bit where the
+    resized pixels agree (mul then sub, as in the PIL path, not addcmul).
     """
-    if batch.device.type != "cpu":
-        return _resize_float_rounded(batch, size)
-    # PyTorch's CPU uint8 antialias kernel follows Pillow's fixed-point algorithm and is
-    # several times faster on channels-last input than on NCHW.
-    return F.interpolate(
-        batch.contiguous(memory_format=torch.channels_last),
-        size=size,
-        mode="bilinear",
-        antialias=True,
-        align_corners=False,
-    )
-
-
-def _resize_float_rounded(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The accelerator branch of :func:`_resize_uint8_batch` (GPUs have no uint8 antialias
-    kernel): interpolate in float32, then round to whole grey levels as Pillow does, so
-    batches agree with the PIL path on every device alike."""
-    resized = F.interpolate(
-        batch.to(torch.float32), size=size, mode="bilinear", antialias=True, align_corners=False
-    )
-    return resized.round_().clamp_(0, 255)
+    target = (settings["size"].height, settings["size"].width) if settings["do_resize"] else None
+    if target is None or tuple(batch.shape[-2:]) == target:
+        # PIL returns an unchanged copy for a same-size resize; skip the kernel too.
+        resized = batch
+    elif batch.device.type in _UINT8_RESIZE_DEVICES:
+        # The uint8 kernel is several times faster on channels-last input than on NCHW.
+        resized = F.interpolate(
+            batch.contiguous(memory_format=torch.channels_last),
+            size=target,
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
+    else:
+        # No uint8 kernel here: interpolate in float32, then round to whole grey levels.
+        resized = F.interpolate(
+            batch.to(torch.float32),
+            size=target,
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        ).round_().clamp_(0, 255)
+    if resized.device.type == "cpu":
+        # Filling a fresh large float tensor is dominated by page faults; numpy asks the
+        # kernel for transparent huge pages for large buffers and torch's CPU allocator does
+        # not, which makes this conversion 3-4x faster on Linux.
+        out = torch.from_numpy(np.empty(tuple(resized.shape), dtype=np.float32))
+        out.copy_(resized)
+    else:
+        out = resized.to(torch.float32, memory_format=torch.contiguous_format)
+    scale, shift = _affine_coefficients(**settings)
+    out.mul_(torch.from_numpy(scale).to(out.device).view(1, 3, 1, 1))
+    out.sub_(torch.from_numpy(shift).to(out.device).view(1, 3, 1, 1))
+    return out
 
 
 # --- settings ---------------------------------------------------------------------------------
 
 
-def _target_size(size: SizeDict | dict[str, int]) -> tuple[int, int]:
-    """``(height, width)`` of a size setting that must be exactly ``{height, width}``."""
+def _check_target_size(size: SizeDict | None) -> None:
+    """``size`` must be exactly ``{height, width}`` with positive integers."""
+    if size is None:
+        raise ValueError("do_resize=True needs size={'height': H, 'width': W}")
     entries = dict(size)
-    height, width = entries.get("height"), entries.get("width")
     if set(entries) != {"height", "width"} or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in entries.values()
     ):
         raise ValueError(
             f"size must be {{'height': H, 'width': W}} with positive integers (re-ID crops are "
             f"resized without keeping the aspect ratio), got {entries}"
         )
-    return height, width
 
 
-def _is_positive_number(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
-
-
-def _channel_vector(name: str, value: float | Sequence[float] | None) -> np.ndarray:
+def _check_channel_vector(name: str, value: float | Sequence[float] | None) -> np.ndarray:
     """A per-channel setting (a number, or one number per RGB channel) as a float64 (3,)."""
-    values = [value] * 3 if isinstance(value, int | float) else value
+    message = f"{name} must be a finite number or 3 finite numbers, got {value!r}"
     try:
-        vector = np.asarray(values, dtype=np.float64)
+        vector = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must be a number or 3 numbers, got {value!r}") from error
+        raise ValueError(message) from error
+    if vector.ndim == 0:
+        vector = np.full(3, vector)
     if vector.shape != (3,) or not np.isfinite(vector).all():
-        raise ValueError(f"{name} must be a finite number or 3 finite numbers, got {value!r}")
+        raise ValueError(message)
     return vector
 
 
@@ -818,18 +733,20 @@ def _affine_coefficients(
     do_normalize: bool,
     image_mean: float | Sequence[float],
     image_std: float | Sequence[float],
+    **other_settings: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel float32 ``(scale, shift)`` with output = grey_level * scale - shift.
 
     Rescale and normalise fold into one multiply and one subtract:
-    ``(x * r - mean) / std = x * (r / std) - mean / std``.
+    ``(x * r - mean) / std = x * (r / std) - mean / std``. ``other_settings`` lets callers
+    pass a whole resolved settings dict.
     """
     scale = np.full(3, rescale_factor if do_rescale else 1.0, dtype=np.float64)
     shift = np.zeros(3, dtype=np.float64)
     if do_normalize:
-        std = _channel_vector("image_std", image_std)
+        std = np.broadcast_to(np.asarray(image_std, dtype=np.float64), (3,))
         scale = scale / std
-        shift = _channel_vector("image_mean", image_mean) / std
+        shift = np.broadcast_to(np.asarray(image_mean, dtype=np.float64), (3,)) / std
     return scale.astype(np.float32), shift.astype(np.float32)
 
 
@@ -841,9 +758,7 @@ def _batch_feature(
     """Wrap ``pixel_values`` in the requested container ("pt": torch, else numpy)."""
     if return_tensors == "pt":
         tensor = torch.as_tensor(pixel_values)
-        if device is not None:
-            tensor = tensor.to(device)
-        return BatchFeature(data={"pixel_values": tensor})
+        return BatchFeature(data={"pixel_values": tensor if device is None else tensor.to(device)})
     if isinstance(pixel_values, torch.Tensor):
         pixel_values = pixel_values.cpu().numpy()
     return BatchFeature(data={"pixel_values": pixel_values})
@@ -855,4 +770,6 @@ __all__ = [
     "ReIDImageProcessor",
     "ViTReIDImageProcessor",
     "check_pil_image",
+    "load_image_file",
+    "to_rgb_image",
 ]

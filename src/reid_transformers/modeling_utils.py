@@ -13,8 +13,15 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from .backbones import LoadReport, load_resnet_pretrained
-from .configuration_utils import ReIDConfig
+from .backbones import (
+    LoadReport,
+    ResNetBackbone,
+    ViTBackbone,
+    load_resnet_pretrained,
+    load_vit_pretrained,
+)
+from .configuration_utils import ReIDConfig, ResNetReIDConfig, ViTReIDConfig
+from .modeling_outputs import ReIDModelOutput
 
 #: Names of bare token / position-table parameters: truncated-normal init, no weight decay
 #: under the ``"weights"`` scope.
@@ -178,8 +185,10 @@ class BNNeck(nn.Module):
 class ReIDPreTrainedModel(PreTrainedModel):
     """Base of every re-ID model in the package.
 
-    Subclasses implement ``forward`` returning a ``ReIDModelOutput`` and
-    :meth:`unfreezable_blocks`; they call ``self.post_init()`` at the end of ``__init__``.
+    `forward` is the one entry point: it resolves the output flags, checks ``labels`` and
+    calls the subclass's :meth:`compute_outputs`, which returns a ``ReIDModelOutput``.
+    Subclasses also implement :meth:`unfreezable_blocks` and call ``self.post_init()`` at
+    the end of ``__init__``.
     """
 
     config_class = ReIDConfig
@@ -188,9 +197,11 @@ class ReIDPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    #: Parameter-name prefixes of the pretrained trunk, for optimizer groups (e.g. a lower
-    #: learning rate there); everything else counts as new layers.
-    trunk_parameter_prefixes: tuple[str, ...] = ()
+    #: Attribute holding the shared pretrained trunk (``"vit"``, ``"resnet"``; empty for a
+    #: model without one): its ``unfreezable_blocks()`` are the model's, and its parameters
+    #: form the trunk's optimizer groups (e.g. a lower learning rate there); everything else
+    #: counts as new layers.
+    trunk_attribute: str = ""
     #: Parameter-name prefixes of transformer layers added on top of a CNN trunk (HAT trains
     #: them at half the learning rate); empty for models without such layers.
     transformer_parameter_prefixes: tuple[str, ...] = ()
@@ -219,22 +230,59 @@ class ReIDPreTrainedModel(PreTrainedModel):
         check_finite_weights(model, checkpoint_files)
         return loaded
 
-    def _resolve_output_flags(
-        self, return_dict: bool | None, hidden_states: bool | None, attentions: bool | None
-    ) -> tuple[bool, bool, bool]:
-        """``forward``'s ``None`` arguments replaced by the config's defaults."""
-        config = self.config
-        return (
-            config.return_dict if return_dict is None else return_dict,
-            config.output_hidden_states if hidden_states is None else hidden_states,
-            config.output_attentions if attentions is None else attentions,
-        )
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ReIDModelOutput | tuple:
+        """Embed a batch of crops; with ``labels``, also compute the training loss.
 
-    def _check_labels(self, labels: torch.Tensor | None, batch_size: int) -> None:
-        """``labels`` must be None or ``(batch_size,)`` integer identities, and the model must
-        have identity heads (``num_identities > 0``) to use them."""
-        if labels is None:
-            return
+        Args:
+            pixel_values: ``(B, C, H, W)`` normalised crops (see the model's image processor).
+            labels: ``(B,)`` integer identities, or None; needs ``num_identities > 0``.
+            output_hidden_states: also return the trunk's hidden states (None: the config's
+                default).
+            output_attentions: also return attention weights, for models with attention
+                (eager implementation only; None: the config's default).
+            return_dict: False returns ``output.to_tuple()`` (None: the config's default).
+            **kwargs: the model's own switches (AAformer's ``output_part_assignments``,
+                PAN's ``output_part_masks``); others are ignored.
+
+        Returns:
+            The model's `ReIDModelOutput` (its class docstring lists the fields), or its tuple.
+        """
+        config = self.config
+        if output_hidden_states is None:
+            output_hidden_states = config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = config.output_attentions
+        if labels is not None:
+            self._check_labels(labels, pixel_values.shape[0])
+        output = self.compute_outputs(
+            pixel_values,
+            labels,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            **kwargs,
+        )
+        return_dict = config.return_dict if return_dict is None else return_dict
+        return output if return_dict else output.to_tuple()
+
+    def compute_outputs(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None,
+        output_hidden_states: bool, output_attentions: bool, **kwargs,
+    ) -> ReIDModelOutput:
+        """The model's computation behind `forward` (same arguments, the flags resolved and
+        ``labels`` already checked)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_outputs()")
+
+    def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
+        """``labels`` must be ``(batch_size,)`` integer identities, and the model must have
+        identity heads (``num_identities > 0``) to use them."""
         if not self.config.num_identities:
             raise ValueError(
                 "labels were given but the model has no identity heads (num_identities=0); "
@@ -250,9 +298,12 @@ class ReIDPreTrainedModel(PreTrainedModel):
         """The trunk's blocks, ordered from the top (output side) down.
 
         Blockwise fine-tuning freezes these and releases them one at a time from the front of
-        the list. Embeddings, final norms and heads are never in it: they always train.
+        the list. Embeddings, final norms and heads are never in it: they always train. The
+        trunk named by ``trunk_attribute`` gives them.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement unfreezable_blocks()")
+        if not self.trunk_attribute:
+            raise NotImplementedError(f"{type(self).__name__} must implement unfreezable_blocks()")
+        return getattr(self, self.trunk_attribute).unfreezable_blocks()
 
     def load_pretrained_backbone(self, source: str, *, strict: bool = True):
         """Load ImageNet weights (Hub id, local folder or timm/torchvision file) into the
@@ -269,7 +320,7 @@ class ReIDPreTrainedModel(PreTrainedModel):
     ) -> list[dict]:
         """Parameter groups for ``torch.optim``.
 
-        The trunk (``trunk_parameter_prefixes``) trains at ``learning_rate * trunk_lr_factor``,
+        The trunk (``trunk_attribute``) trains at ``learning_rate * trunk_lr_factor``,
         added transformer layers (``transformer_parameter_prefixes``) at
         ``learning_rate * transformer_lr_factor``, every other new layer at ``learning_rate``.
         Weight decay applies to the parameters of ``weight_decay_scope`` (see
@@ -284,7 +335,7 @@ class ReIDPreTrainedModel(PreTrainedModel):
         factors = {"new": 1.0, "transformer": transformer_lr_factor, "trunk": trunk_lr_factor}
         groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
         for name, param in self.named_parameters():
-            if name.startswith(self.trunk_parameter_prefixes):
+            if self.trunk_attribute and name.startswith(f"{self.trunk_attribute}."):
                 part = "trunk"
             elif name.startswith(self.transformer_parameter_prefixes):
                 part = "transformer"
@@ -349,17 +400,38 @@ class ReIDPreTrainedModel(PreTrainedModel):
                     init.trunc_normal_(param, std=std)
 
 
+class ViTReIDPreTrainedModel(ReIDPreTrainedModel):
+    """Base of the models on the shared ViT backbone (LA-Transformer, AAformer): builds the
+    trunk as ``self.vit = ViTBackbone(config)``, whose blocks are the unfreezable blocks and
+    into which ImageNet ViT weights load."""
+
+    config_class = ViTReIDConfig
+    trunk_attribute = "vit"
+    _no_split_modules = ["ViTLayer"]
+
+    def __init__(self, config: ViTReIDConfig) -> None:
+        super().__init__(config)
+        self.vit = ViTBackbone(config)
+
+    def load_pretrained_backbone(self, source: str, *, strict: bool = True) -> LoadReport:
+        """Load ImageNet ViT weights (Hub id such as ``google/vit-base-patch16-224``, local
+        folder or timm state dict) into the trunk; see `load_vit_pretrained`."""
+        return load_vit_pretrained(self.vit, source, strict=strict)
+
+
 class ResNetReIDPreTrainedModel(ReIDPreTrainedModel):
     """Base of the models on the shared ResNet trunk of any depth (PAN, HAT, PRCT; ResNet-50
-    by default), which a subclass builds as ``self.resnet = ResNetBackbone(config)``: the
-    trunk's stages are the unfreezable blocks, ImageNet weights load into it, new
-    convolutions get He init."""
+    by default): builds the trunk as ``self.resnet = ResNetBackbone(config)``, whose stages
+    are the unfreezable blocks and into which ImageNet weights load; new convolutions get
+    He init."""
 
-    trunk_parameter_prefixes = ("resnet.",)
+    config_class = ResNetReIDConfig
+    trunk_attribute = "resnet"
     he_init_convolutions = True
 
-    def unfreezable_blocks(self) -> list[nn.Module]:
-        return self.resnet.unfreezable_blocks()
+    def __init__(self, config: ResNetReIDConfig) -> None:
+        super().__init__(config)
+        self.resnet = ResNetBackbone(config)
 
     def load_pretrained_backbone(self, source: str, *, strict: bool = True) -> LoadReport:
         """Load ImageNet ResNet weights of the config's depth (Hub id such as

@@ -7,12 +7,14 @@ import ctypes
 import errno
 import glob
 import logging
+import math
+import numbers
 import os
 import shutil
 import sys
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -228,3 +230,58 @@ def transformers_progress_bars_disabled() -> Iterator[None]:
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
+
+
+# --- validation of arguments: one wording for every module -------------------------------
+
+
+def is_integer(value: object) -> bool:
+    """Whether ``value`` is an integer (Python or numpy), bools excluded."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: object, *, minimum: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer >= ``minimum`` (bools are not)."""
+    if not is_integer(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_positive_number(name: str, value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite real number > 0 (bools are not)."""
+    if not (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    ):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def check_in_range(
+    name: str,
+    value: object,
+    low: float,
+    high: float,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> None:
+    """Raise ``ValueError`` unless ``value`` is a real number (bools are not) between ``low``
+    and ``high``, each end included or not; the message writes the interval, e.g. ``(0, 1]``.
+    NaN is never in range."""
+    in_range = (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and (low <= value if low_inclusive else low < value)
+        and (value <= high if high_inclusive else value < high)
+    )
+    if not in_range:
+        interval = f"{'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+
+
+def check_choice(name: str, value: object, allowed: Iterable[object]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``allowed``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")

@@ -58,6 +58,7 @@ from .loading import (
 __all__ = [
     "BasicBlock",
     "Bottleneck",
+    "ResidualBlock",
     "feature_grid",
     "FrozenBatchNorm2d",
     "ResNetBackbone",
@@ -136,8 +137,12 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
         )
 
 
+#: The batch norm of a trunk: ``nn.BatchNorm2d`` or `FrozenBatchNorm2d`.
+NormLayer: TypeAlias = type[nn.BatchNorm2d]
+
+
 def _shortcut(
-    in_channels: int, out_channels: int, stride: int, norm_layer: type[nn.BatchNorm2d]
+    in_channels: int, out_channels: int, stride: int, norm_layer: NormLayer
 ) -> nn.Sequential | None:
     """torchvision's ``downsample`` (1x1 strided conv + BN) where the block changes the
     shape, else None (identity shortcut)."""
@@ -149,25 +154,42 @@ def _shortcut(
     )
 
 
-class BasicBlock(nn.Module):
-    """torchvision basic block (ResNet-18 / 34): 3x3 (strided) -> 3x3 + shortcut.
+class ResidualBlock(nn.Module):
+    """A torchvision residual block, ``relu(residual_branch(x) + shortcut(x))``: the shortcut
+    is the identity, or ``downsample`` where the block changes the shape.
+
+    Subclasses are built as ``Block(in_channels, width, stride, norm_layer)``:
 
     Args:
         in_channels: channels of the input.
-        width: channels of both 3x3 convolutions and of the output (expansion 1).
-        stride: stride of the first 3x3 convolution (and of the shortcut projection).
+        width: inner width; the output has ``expansion * width`` channels.
+        stride: stride of the block's strided 3x3 convolution (and of the shortcut
+            projection).
         norm_layer: ``nn.BatchNorm2d`` or `FrozenBatchNorm2d`.
     """
 
+    expansion: int
+    relu: nn.ReLU
+    downsample: nn.Sequential | None
+
+    def residual_branch(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The convolutions, before the addition and the last ReLU."""
+        raise NotImplementedError(f"{type(self).__name__} must implement residual_branch()")
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, H, W)`` -> ``(B, expansion * width, ceil(H / stride),
+        ceil(W / stride))``."""
+        shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
+        return self.relu(self.residual_branch(hidden_states) + shortcut)
+
+
+class BasicBlock(ResidualBlock):
+    """torchvision basic block (ResNet-18 / 34): 3x3 (strided) -> 3x3, ``width`` output
+    channels (expansion 1)."""
+
     expansion = 1
 
-    def __init__(
-        self,
-        in_channels: int,
-        width: int,
-        stride: int,
-        norm_layer: type[nn.BatchNorm2d],
-    ) -> None:
+    def __init__(self, in_channels: int, width: int, stride: int, norm_layer: NormLayer) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(
             in_channels, width, kernel_size=3, stride=stride, padding=1, bias=False
@@ -178,33 +200,18 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _shortcut(in_channels, width, stride, norm_layer)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """``(B, in_channels, H, W)`` -> ``(B, width, ceil(H / stride), ceil(W / stride))``."""
-        shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
+    def residual_branch(self, hidden_states: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(hidden_states)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
+        return self.bn2(self.conv2(out))
 
 
-class Bottleneck(nn.Module):
-    """torchvision v1.5 bottleneck block: 1x1 -> 3x3 (strided) -> 1x1 (x4 channels) + shortcut.
-
-    Args:
-        in_channels: channels of the input.
-        width: channels of the inner 1x1 / 3x3 convolutions; the output has ``4 * width``.
-        stride: stride of the 3x3 convolution (and of the shortcut projection).
-        norm_layer: ``nn.BatchNorm2d`` or `FrozenBatchNorm2d`.
-    """
+class Bottleneck(ResidualBlock):
+    """torchvision v1.5 bottleneck block: 1x1 -> 3x3 (strided) -> 1x1, ``4 * width`` output
+    channels."""
 
     expansion = 4
 
-    def __init__(
-        self,
-        in_channels: int,
-        width: int,
-        stride: int,
-        norm_layer: type[nn.BatchNorm2d],
-    ) -> None:
+    def __init__(self, in_channels: int, width: int, stride: int, norm_layer: NormLayer) -> None:
         super().__init__()
         out_channels = width * self.expansion
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=1, bias=False)
@@ -216,16 +223,13 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _shortcut(in_channels, out_channels, stride, norm_layer)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """``(B, in_channels, H, W)`` -> ``(B, 4 * width, ceil(H / stride), ceil(W / stride))``."""
-        shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
+    def residual_branch(self, hidden_states: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(hidden_states)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
+        return self.bn3(self.conv3(out))
 
 
-_BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {
+_BLOCKS: dict[str, type[ResidualBlock]] = {
     "basic": BasicBlock,
     "bottleneck": Bottleneck,
 }
@@ -264,8 +268,9 @@ def _running_stats_untouched(module: nn.Module) -> Iterator[None]:
 class ResNetBackbone(nn.Module):
     """ResNet trunk of any depth (torchvision layout) returning the four stage outputs.
 
-    A plain ``nn.Module`` meant to live inside a model's ``PreTrainedModel``. Config fields
-    read (see `ResNetReIDConfig`, whose validation runs again here):
+    A plain ``nn.Module`` meant to live inside a model's ``PreTrainedModel``, built from
+    that model's config: a `ResNetReIDConfig` (or one deriving from it), which validated
+    every field it reads; the backbone trusts them. The fields:
 
     - ``num_channels``: input channels (3 for RGB).
     - ``last_stride``: 1 or 2, the stride of layer4's first block. 1 keeps stage 4 at H/16
@@ -284,12 +289,9 @@ class ResNetBackbone(nn.Module):
             running statistics equal those of the plain forward.
     """
 
-    def __init__(self, config: PreTrainedConfig) -> None:
+    def __init__(self, config: ResNetReIDConfig) -> None:
         super().__init__()
         self.config = config
-        # The model configs validate these fields; checked again here because the backbone
-        # also takes any config-like object and fields may change after construction.
-        ResNetReIDConfig.check_trunk_fields(config)
         self.num_channels: int = config.num_channels
         self._architecture = _Architecture(
             config.layer_type,
@@ -298,7 +300,7 @@ class ResNetBackbone(nn.Module):
             config.stem_channels,
         )
         self.stage_channels: tuple[int, ...] = self._architecture.hidden_sizes
-        norm_layer: type[nn.BatchNorm2d] = (
+        norm_layer: NormLayer = (
             FrozenBatchNorm2d if config.frozen_batch_norm else nn.BatchNorm2d
         )
         block_class = _BLOCKS[config.layer_type]

@@ -44,7 +44,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from ..configuration_utils import ATTENTION_SCALES
+from ..configuration_utils import ATTENTION_SCALES, as_pair
 from .loading import (
     CheckpointUnavailableError,
     LoadReport,
@@ -82,41 +82,6 @@ logger = logging.getLogger(__name__)
 
 SourceFormat: TypeAlias = Literal["huggingface", "timm", "reid_transformers"]
 StateDict: TypeAlias = Mapping[str, torch.Tensor]
-
-#: Standard deviation of the truncated-normal init of the class token and the position
-#: embeddings when the config has no ``initializer_range`` (the ViT / timm value).
-_DEFAULT_INIT_STD = 0.02
-
-
-def _image_pair(value: object, name: str) -> tuple[int, int]:
-    """``value`` as (height, width); ``name`` is the config field, for the error message."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value, value
-    if (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return int(value[0]), int(value[1])
-    raise ValueError(
-        f"config.{name} must be an int or a (height, width) pair of ints, got {value!r}"
-    )
-
-
-def _positive_int(config: PreTrainedConfig, name: str) -> int:
-    value = getattr(config, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"config.{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _probability(config: PreTrainedConfig, name: str, default: float | None = None) -> float:
-    """The field ``name`` checked to lie in [0, 1); ``default`` where the config lacks it."""
-    value = getattr(config, name) if default is None else getattr(config, name, default)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
-        raise ValueError(f"config.{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
 
 def _attention_implementation(config: PreTrainedConfig) -> str:
     # A config that never went through PreTrainedModel.__init__ (a backbone used on its own)
@@ -175,8 +140,9 @@ def resize_position_embeddings(
 class ViTEmbeddings(nn.Module):
     """Patch embedding, class token and (resizable) learned position embeddings.
 
-    Config fields read: ``image_size``, ``patch_size``, ``patch_stride``, ``num_channels``,
-    ``hidden_size``, ``hidden_dropout_prob`` (and ``initializer_range`` if present).
+    Config fields read (a `ViTReIDConfig`'s, validated there): ``image_size``,
+    ``patch_size``, ``patch_stride``, ``num_channels``, ``hidden_size``,
+    ``hidden_dropout_prob``, ``initializer_range``.
 
     Attributes:
         projection: ``Conv2d(num_channels, hidden_size, kernel=patch_size, stride=patch_stride)``.
@@ -187,33 +153,21 @@ class ViTEmbeddings(nn.Module):
 
     def __init__(self, config: PreTrainedConfig) -> None:
         super().__init__()
-        self.patch_size = _positive_int(config, "patch_size")
-        self.patch_stride = _positive_int(config, "patch_stride")
-        if self.patch_stride > self.patch_size:
-            raise ValueError(
-                f"config.patch_stride ({self.patch_stride}) must not exceed config.patch_size "
-                f"({self.patch_size}): a larger stride would skip pixels between patches"
-            )
-        self.num_channels = _positive_int(config, "num_channels")
-        hidden_size = _positive_int(config, "hidden_size")
-        height, width = _image_pair(config.image_size, "image_size")
-        if min(height, width) < self.patch_size:
-            raise ValueError(
-                f"config.image_size {height}x{width} is smaller than one {self.patch_size}x"
-                f"{self.patch_size} patch"
-            )
-        self.position_grid: tuple[int, int] = self.grid_size(height, width)
+        self.patch_size = config.patch_size
+        self.patch_stride = config.patch_stride
+        self.num_channels = config.num_channels
+        self.position_grid: tuple[int, int] = self.grid_size(*config.image_size)
         rows, cols = self.position_grid
 
+        hidden_size = config.hidden_size
         self.projection = nn.Conv2d(
             self.num_channels, hidden_size, kernel_size=self.patch_size, stride=self.patch_stride
         )
         self.cls_token = nn.Parameter(torch.empty(1, 1, hidden_size))
         self.position_embeddings = nn.Parameter(torch.empty(1, 1 + rows * cols, hidden_size))
-        self.dropout = nn.Dropout(_probability(config, "hidden_dropout_prob"))
-        std = getattr(config, "initializer_range", _DEFAULT_INIT_STD)
-        nn.init.trunc_normal_(self.cls_token, std=std)
-        nn.init.trunc_normal_(self.position_embeddings, std=std)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        nn.init.trunc_normal_(self.cls_token, std=config.initializer_range)
+        nn.init.trunc_normal_(self.position_embeddings, std=config.initializer_range)
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid (rows, cols) for an image of ``height`` x ``width`` pixels.
@@ -309,11 +263,11 @@ def eager_attention_forward(
 class ViTSelfAttention(nn.Module):
     """Multi-head scaled dot-product attention core with a fused query/key/value projection.
 
-    Config fields read: ``hidden_size``, ``num_attention_heads``, ``head_dim`` (optional;
-    default ``hidden_size // num_attention_heads``), ``attention_scale`` (optional, one of
-    `ATTENTION_SCALES`; default ``"head_dim"``), ``qkv_bias``,
-    ``attention_probs_dropout_prob``, ``_attn_implementation`` (read at every call, so
-    ``model.set_attn_implementation(...)`` takes effect at once).
+    Config fields read (validated by the model's config): ``hidden_size``,
+    ``num_attention_heads``, ``head_dim`` (optional, for heads narrower or wider than
+    ``hidden_size / num_attention_heads``), ``attention_scale`` (one of `ATTENTION_SCALES`),
+    ``qkv_bias``, ``attention_probs_dropout_prob``, ``_attn_implementation`` (read at every
+    call, so ``model.set_attn_implementation(...)`` takes effect at once).
 
     Attributes:
         qkv: ``Linear(D, 3 * inner_size)`` with ``inner_size = heads * head_dim``; output rows
@@ -322,33 +276,19 @@ class ViTSelfAttention(nn.Module):
 
     def __init__(self, config: PreTrainedConfig) -> None:
         super().__init__()
-        hidden_size = _positive_int(config, "hidden_size")
-        self.num_attention_heads = _positive_int(config, "num_attention_heads")
-        if getattr(config, "head_dim", None) is not None:
-            # Heads narrower or wider than hidden_size / heads (HAT: 16 x 64 at any width).
-            self.head_dim = _positive_int(config, "head_dim")
-        elif hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"config.hidden_size ({hidden_size}) must be divisible by "
-                f"config.num_attention_heads ({self.num_attention_heads})"
-            )
-        else:
-            self.head_dim = hidden_size // self.num_attention_heads
+        hidden_size = config.hidden_size
+        self.num_attention_heads = config.num_attention_heads
+        # HAT's calibration layers set head_dim: 16 x 64 at any width.
+        self.head_dim = getattr(config, "head_dim", None) or hidden_size // self.num_attention_heads
         self.config = config
         self.inner_size = self.num_attention_heads * self.head_dim
-        # Configs without the field (PRCT's, bare backbone configs) keep the standard scale.
-        attention_scale = getattr(config, "attention_scale", "head_dim")
-        if attention_scale not in ATTENTION_SCALES:
-            raise ValueError(
-                f"config.attention_scale must be one of {ATTENTION_SCALES}, got "
-                f"{attention_scale!r}"
-            )
         # Both implementations receive it (SDPA as its `scale`).
-        self.scaling = (self.head_dim if attention_scale == "head_dim" else hidden_size) ** -0.5
-        self.attention_dropout = _probability(config, "attention_probs_dropout_prob")
+        scale_width = self.head_dim if config.attention_scale == "head_dim" else hidden_size
+        self.scaling = scale_width**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
         # transformers' SDPA wrapper treats a module without this flag as causal.
         self.is_causal = False
-        self.qkv = nn.Linear(hidden_size, 3 * self.inner_size, bias=bool(config.qkv_bias))
+        self.qkv = nn.Linear(hidden_size, 3 * self.inner_size, bias=config.qkv_bias)
 
     def project_qkv(
         self, hidden_states: torch.Tensor
@@ -461,21 +401,16 @@ class ViTAttention(nn.Module):
         super().__init__()
         self.attention = ViTSelfAttention(config)
         self.proj = nn.Linear(self.attention.inner_size, config.hidden_size)
-        self.dropout = nn.Dropout(_probability(config, "hidden_dropout_prob"))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | MaskFn | None = None,
-        output_attentions: bool = False,
-        **attention_kwargs: object,
+        self, hidden_states: torch.Tensor, *args: object, **kwargs: object
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(B, T, D)`` -> ``((B, T, D), weights (B, heads, T, T) or None)``; see
-        `ViTSelfAttention.forward` for the mask and the weights. ``attention_kwargs`` go to
-        the attention core (a subclass's extra inputs, e.g. PRCT's part grid)."""
-        context, weights = self.attention(
-            hidden_states, attention_mask, output_attentions, **attention_kwargs
-        )
+        """``(B, T, D)`` -> ``((B, T, D), weights (B, heads, T, T) or None)``: the attention
+        core's context, projected. The other arguments go to the core (the mask and
+        ``output_attentions`` of `ViTSelfAttention.forward`, a subclass's extra inputs such
+        as PRCT's part grid)."""
+        context, weights = self.attention(hidden_states, *args, **kwargs)
         return self.dropout(self.proj(context)), weights
 
 
@@ -484,26 +419,20 @@ class ViTMLP(nn.Module):
 
     Config fields read: ``hidden_size``, ``intermediate_size``, ``hidden_act`` (a name in
     transformers' ``ACT2FN``, e.g. ``"gelu"``: exact erf GELU, as timm's ``nn.GELU``),
-    ``hidden_dropout_prob`` (after fc2) and ``activation_dropout`` (optional, default 0:
-    after the activation, as HAT's released code; timm's ViT has none there).
+    ``hidden_dropout_prob`` (after fc2) and ``activation_dropout`` (after the activation, as
+    HAT's released code; timm's ViT has none there).
     """
 
     def __init__(self, config: PreTrainedConfig) -> None:
         super().__init__()
-        if config.hidden_act not in ACT2FN:
-            raise ValueError(
-                f"config.hidden_act {config.hidden_act!r} is not a transformers activation; "
-                f"expected one of {sorted(ACT2FN)}"
-            )
-        self.fc1 = nn.Linear(config.hidden_size, _positive_int(config, "intermediate_size"))
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.activation = ACT2FN[config.hidden_act]
-        activation_dropout = _probability(config, "activation_dropout", default=0.0)
         # An identity at rate 0, so models without it draw no extra random numbers in training.
         self.activation_dropout = (
-            nn.Dropout(activation_dropout) if activation_dropout else nn.Identity()
+            nn.Dropout(config.activation_dropout) if config.activation_dropout else nn.Identity()
         )
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.dropout = nn.Dropout(_probability(config, "hidden_dropout_prob"))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """``(..., D)`` -> ``(..., D)``."""
@@ -567,19 +496,9 @@ class ViTLayer(GradientCheckpointingLayer):
         output_attentions: bool = False,
         **attention_kwargs: object,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Apply the block.
-
-        Args:
-            hidden_states: ``(B, T, D)``.
-            attention_mask: optional additive float mask broadcastable to ``(B, heads, T, T)``
-                (0 = attend, ``-inf`` = blocked); per-head masks are allowed.
-            output_attentions: also return the attention weights (eager implementation only;
-                other implementations raise ValueError).
-            **attention_kwargs: passed on to the attention core.
-
-        Returns:
-            ``(hidden_states (B, T, D), attention weights (B, heads, T, T) or None)``.
-        """
+        """Apply the block to ``(B, T, D)``; returns ``((B, T, D), attention weights
+        (B, heads, T, T) or None)``. ``attention_mask`` and ``output_attentions`` as in
+        `ViTSelfAttention.forward`; ``attention_kwargs`` go to the attention core."""
         attention_output, weights = self.attention(
             self.norm1(hidden_states), attention_mask, output_attentions, **attention_kwargs
         )
@@ -616,9 +535,7 @@ class ViTEncoder(nn.Module):
         make_layer: Callable[[PreTrainedConfig, float], ViTLayer] = ViTLayer,
     ) -> None:
         super().__init__()
-        rates = _drop_path_rates(
-            _probability(config, "drop_path_rate"), _positive_int(config, "num_hidden_layers")
-        )
+        rates = _drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
         self.layers = nn.ModuleList([make_layer(config, rate) for rate in rates])
 
     @property
@@ -645,8 +562,7 @@ class ViTEncoder(nn.Module):
 
         Args:
             hidden_states: ``(B, T, D)`` token embeddings.
-            attention_mask: optional additive float mask broadcastable to
-                ``(B, heads, T, T)``, used by every layer.
+            attention_mask: used by every layer (see `ViTSelfAttention.forward`).
             output_hidden_states: also return the input and every layer's output.
             output_attentions: also return every layer's attention weights (eager only).
             **attention_kwargs: passed on to every layer's attention core.
@@ -680,13 +596,9 @@ class ViTEncoder(nn.Module):
 class ViTBackbone(nn.Module):
     """ViT trunk: `ViTEmbeddings` -> `ViTEncoder` -> final ``layernorm``.
 
-    A plain ``nn.Module`` meant to live inside a model's ``PreTrainedModel``; it reads the
-    fields listed on its parts from that model's config (``image_size``, ``patch_size``,
-    ``patch_stride``, ``num_channels``, ``hidden_size``, ``num_hidden_layers``,
-    ``num_attention_heads``, ``intermediate_size``, ``hidden_act``, ``layer_norm_eps``,
-    ``qkv_bias``, ``hidden_dropout_prob``, ``attention_probs_dropout_prob``,
-    ``drop_path_rate``, ``_attn_implementation``; optionally ``attention_scale`` and
-    ``activation_dropout``).
+    A plain ``nn.Module`` meant to live inside a model's ``PreTrainedModel``, built from
+    that model's config: a `ViTReIDConfig` (or one deriving from it), which validated every
+    field it reads; the backbone trusts them.
     """
 
     def __init__(self, config: PreTrainedConfig) -> None:
@@ -878,8 +790,8 @@ def load_vit_pretrained(
     if hf_config is not None:
         _check_hf_config(hf_config, backbone.config, description)
         if source_grid is None:
-            height, width = _image_pair(hf_config.image_size, "image_size")
-            patch_height, patch_width = _image_pair(hf_config.patch_size, "patch_size")
+            height, width = as_pair(hf_config.image_size, "image_size")
+            patch_height, patch_width = as_pair(hf_config.patch_size, "patch_size")
             source_grid = (height // patch_height, width // patch_width)
 
     source_format, prefix = detect_layout(state_dict, description, _FORMAT_MARKERS, "ViT")
@@ -910,7 +822,7 @@ def _check_hf_config(hf_config: ViTConfig, config: PreTrainedConfig, description
     for name in _HF_CONFIG_FIELDS:
         theirs, ours = getattr(hf_config, name), getattr(config, name)
         if name == "patch_size":
-            theirs = _image_pair(theirs, name)
+            theirs = as_pair(theirs, name)
             ours = (ours, ours)
         if theirs != ours:
             differences.append(f"{name}: checkpoint {theirs!r}, backbone {ours!r}")

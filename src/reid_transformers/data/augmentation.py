@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..utils import check_in_range, check_int
+
 
 def _check_batch(images: torch.Tensor) -> None:
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
@@ -21,11 +23,6 @@ def _check_batch(images: torch.Tensor) -> None:
         raise ValueError(f"images must be a (B, C, H, W) tensor, got {shape}")
     if images.dtype != torch.uint8 and not images.is_floating_point():
         raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
-
-
-def _check_probability(p: float, name: str) -> None:
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
 
 
 def _uniform(n: int, low: float, high: float, generator, device) -> torch.Tensor:
@@ -37,7 +34,7 @@ def random_horizontal_flip(
 ) -> torch.Tensor:
     """Mirror each image left-right with probability ``p``."""
     _check_batch(images)
-    _check_probability(p, "p")
+    check_in_range("p", p, 0, 1)
     flip = torch.rand(len(images), generator=generator, device=images.device) < p
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
@@ -52,8 +49,7 @@ def pad_random_crop(
     random offset per image: a translation of up to ``padding`` pixels, as in BoT/TransReID.
     """
     _check_batch(images)
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
+    check_int("padding", padding, minimum=0)
     if padding == 0:
         return images.clone()
     b, c, h, w = images.shape
@@ -139,8 +135,8 @@ def random_patch(
     patches are not rotated. A batch of one image is returned unchanged (a copy).
     """
     _check_batch(images)
-    _check_probability(p, "p")
-    _check_probability(flip_p, "flip_p")
+    check_in_range("p", p, 0, 1)
+    check_in_range("flip_p", flip_p, 0, 1)
     _check_box_ranges(area, aspect_ratio)
     b, c, h, w = images.shape
     if b < 2:
@@ -188,7 +184,7 @@ def random_erasing(
             sequence fills with that constant (e.g. the normalisation mean).
     """
     _check_batch(images)
-    _check_probability(p, "p")
+    check_in_range("p", p, 0, 1)
     _check_box_ranges(area, aspect_ratio)
     b, c, h, w = images.shape
     dev = images.device
@@ -231,9 +227,8 @@ def random_cutout(
     is the dataset mean.
     """
     _check_batch(images)
-    _check_probability(p, "p")
-    if size < 1:
-        raise ValueError(f"size must be >= 1 pixel, got {size}")
+    check_in_range("p", p, 0, 1)
+    check_int("size", size, minimum=1)
     b, _, h, w = images.shape
     dev = images.device
     centre_y = torch.randint(0, h, (b,), generator=generator, device=dev)
@@ -268,14 +263,12 @@ class BatchAugmentation:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _check_probability(self.flip_p, "flip_p")
-        _check_probability(self.erasing_p, "erasing_p")
-        _check_probability(self.patch_p, "patch_p")
-        _check_probability(self.cutout_p, "cutout_p")
-        if self.cutout_size < 1:
-            raise ValueError(f"cutout_size must be >= 1 pixel, got {self.cutout_size}")
-        if self.padding < 0:
-            raise ValueError(f"padding must be >= 0, got {self.padding}")
+        check_in_range("flip_p", self.flip_p, 0, 1)
+        check_in_range("erasing_p", self.erasing_p, 0, 1)
+        check_in_range("patch_p", self.patch_p, 0, 1)
+        check_in_range("cutout_p", self.cutout_p, 0, 1)
+        check_int("cutout_size", self.cutout_size, minimum=1)
+        check_int("padding", self.padding, minimum=0)
         self._generators: dict[torch.device, torch.Generator] = {}
 
     def _generator(self, device: torch.device) -> torch.Generator | None:

@@ -49,8 +49,8 @@ Supported layouts (see :func:`available_datasets` and ``docs/datasets.md``):
 For the folder layouts, each split folder is searched by :func:`find_image_files`, the way
 a folder given to ``reid-transformers extract --images`` is searched: image files at any
 depth count, hidden files and folders (name starting with ``.``, e.g. macOS ``._*``
-forks) and links to folders are skipped, and files whose extension is not ``.jpg``,
-``.jpeg`` or ``.png`` (case-insensitive) are ignored, e.g. the ``Thumbs.db`` files shipped
+forks) and links to folders are skipped, and files whose extension is not one of
+:data:`IMAGE_SUFFIXES` (case-insensitive) are ignored, e.g. the ``Thumbs.db`` files shipped
 with Market-1501. A warning says how many entries of a split were ignored. Files are read
 in sorted order so a dataset is identical from one load to the next.
 """
@@ -62,7 +62,7 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +83,10 @@ from PIL import Image as PILImage
 from tqdm.auto import tqdm
 
 from ..image_processing_reid import check_pil_image
+from ..utils import check_choice
 
 __all__ = [
+    "CUHK03_SPLITS",
     "IMAGE_SUFFIXES",
     "MARKET_NAME_PATTERN",
     "SPLITS",
@@ -102,12 +104,13 @@ Cuhk03Split = Literal["detected", "labeled"]
 #: Split names of every returned ``DatasetDict``, in this order.
 SPLITS: tuple[str, ...] = ("train", "query", "gallery")
 
-#: Suffixes (any case) of the files :func:`find_image_files` takes for images by default.
+#: Suffixes (any case) of the files taken for images: by :func:`find_image_files` by default,
+#: by the benchmark loaders and by gallery folders of retrieval. The benchmark releases ship
+#: JPEG and PNG only; the other formats cost nothing there and let custom folders use them.
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-# The benchmark releases ship JPEG and PNG files only.
-_IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 _VERIFY_MODES: tuple[str, ...] = ("none", "header", "full")
-_CUHK03_SPLITS: tuple[str, ...] = ("detected", "labeled")
+#: The two box sets of CUHK03-NP (``cuhk03_split``).
+CUHK03_SPLITS: tuple[str, ...] = ("detected", "labeled")
 # Below this many files a progress bar is noise and a thread pool costs more than it saves.
 _PARALLEL_VERIFY_MIN_FILES = 1000
 _VERIFY_CHUNK = 256
@@ -364,7 +367,7 @@ _LAYOUTS: dict[str, _Layout] = {
             release_names=("cuhk03-np",),
             num_cameras=2,
             example="0001_c1_1.png",
-            subfolders=_CUHK03_SPLITS,
+            subfolders=CUHK03_SPLITS,
         ),
     )
 }
@@ -401,13 +404,12 @@ def _canonical_name(name: str) -> str:
 
 def find_image_files(
     folder: str | os.PathLike[str],
-    suffixes: Iterable[str] = IMAGE_SUFFIXES,
     *,
     label: str | None = None,
 ) -> list[str]:
     """Every image file under ``folder``, at any depth: the rule for folders of images.
 
-    A file is an image when its suffix is one of ``suffixes`` (any case). Hidden files and
+    A file is an image when its suffix is one of :data:`IMAGE_SUFFIXES` (any case). Hidden files and
     folders (name starting with ``.``, e.g. macOS ``._*`` forks, ``.ipynb_checkpoints``) are
     skipped, and so are symbolic links to folders (never followed, so a link cannot loop);
     links to files count like files. Everything skipped that way, and every file with
@@ -416,7 +418,6 @@ def find_image_files(
 
     Args:
         folder: the folder to search.
-        suffixes: lower-case suffixes with the dot, e.g. ``(".jpg", ".png")``.
         label: what the warning calls the folder, e.g. ``"market1501 train"``; default the
             folder's path.
 
@@ -429,8 +430,6 @@ def find_image_files(
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a folder; expected a folder of images")
-    shown = tuple(dict.fromkeys(suffix.lower() for suffix in suffixes))
-    wanted = frozenset(shown)
     found: list[str] = []
     ignored: list[str] = []
     pending = [root]
@@ -445,7 +444,7 @@ def find_image_files(
                     pending.append(Path(entry.path))
                 elif entry.is_dir():
                     ignored.append(relative + "/")  # a link to a folder
-                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in wanted:
+                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
                     found.append(os.path.abspath(entry.path))
                 else:
                     ignored.append(relative)
@@ -459,7 +458,7 @@ def find_image_files(
             len(ignored),
             "entry" if len(ignored) == 1 else "entries",
             root,
-            "/".join(shown),
+            "/".join(IMAGE_SUFFIXES),
             listed,
             more,
         )
@@ -470,11 +469,11 @@ def _list_image_files(folder: Path, dataset: str, split: str) -> list[str]:
     """Sorted absolute paths of the images of one split folder (see :func:`find_image_files`)."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{dataset}: folder {folder} for split {split!r} is missing")
-    paths = find_image_files(folder, _IMAGE_SUFFIXES, label=f"{dataset} {split}")
+    paths = find_image_files(folder, label=f"{dataset} {split}")
     if not paths:
         raise FileNotFoundError(
             f"{dataset}: folder {folder} for split {split!r} contains no images "
-            f"(looked for {', '.join(_IMAGE_SUFFIXES)} files, at any depth)"
+            f"(looked for {', '.join(IMAGE_SUFFIXES)} files, at any depth)"
         )
     return paths
 
@@ -756,14 +755,8 @@ def load_reid_dataset(
             an image is missing, or a split folder contains no images.
     """
     canonical = _canonical_name(name)
-    if verify_images not in _VERIFY_MODES:
-        raise ValueError(
-            f"verify_images={verify_images!r}; expected one of {', '.join(_VERIFY_MODES)}"
-        )
-    if cuhk03_split not in _CUHK03_SPLITS:
-        raise ValueError(
-            f"cuhk03_split={cuhk03_split!r}; expected one of {', '.join(_CUHK03_SPLITS)}"
-        )
+    check_choice("verify_images", verify_images, _VERIFY_MODES)
+    check_choice("cuhk03_split", cuhk03_split, CUHK03_SPLITS)
     layout = _LAYOUTS.get(canonical)
     if merge_val and not isinstance(layout, _ListLayout):
         raise ValueError(

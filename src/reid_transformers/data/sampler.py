@@ -10,20 +10,35 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-
-def _distributed_defaults(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
-    """World size and rank: the given values, else ``torch.distributed``'s, else (1, 0)."""
-    distributed = dist.is_available() and dist.is_initialized()
-    if num_replicas is None:
-        num_replicas = dist.get_world_size() if distributed else 1
-    if rank is None:
-        rank = dist.get_rank() if distributed else 0
-    if not 0 <= rank < num_replicas:
-        raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
-    return num_replicas, rank
+from ..utils import check_int
 
 
-class PKSampler(Sampler[list[int]]):
+class _EpochShuffleSampler(Sampler[list[int]]):
+    """What both samplers share: each epoch's shuffle is drawn from ``(seed, epoch)``, the
+    same on every rank, and ranks take every ``num_replicas``-th batch starting at ``rank``.
+
+    ``num_replicas`` / ``rank`` default to ``torch.distributed``'s when it is initialised,
+    else to one process of rank 0.
+    """
+
+    def __init__(self, seed: int, num_replicas: int | None, rank: int | None) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if distributed else 1
+        if rank is None:
+            rank = dist.get_rank() if distributed else 0
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        self.num_replicas, self.rank = num_replicas, rank
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle of ``epoch`` (same on every rank)."""
+        self.epoch = epoch
+
+
+class PKSampler(_EpochShuffleSampler):
     """Batch sampler: every batch holds ``P`` identities with ``K`` images each.
 
     Triplet losses with hard mining need several images of each identity in a batch; this
@@ -56,15 +71,12 @@ class PKSampler(Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        if num_identities < 1 or num_instances < 1:
-            raise ValueError(
-                f"num_identities (P) and num_instances (K) must be >= 1, got P={num_identities},"
-                f" K={num_instances}"
-            )
-        num_replicas, rank = _distributed_defaults(num_replicas, rank)
         labels = np.asarray(pids.cpu() if isinstance(pids, torch.Tensor) else pids)
         if labels.ndim != 1 or len(labels) == 0:
             raise ValueError(f"pids must be a non-empty 1-D sequence, got shape {labels.shape}")
+        check_int("num_identities", num_identities, minimum=1)
+        check_int("num_instances", num_instances, minimum=1)
+        super().__init__(seed, num_replicas, rank)
         identities, inverse = np.unique(labels, return_inverse=True)
         if len(identities) < num_identities:
             raise ValueError(
@@ -76,15 +88,7 @@ class PKSampler(Sampler[list[int]]):
         self.index_groups = np.split(order, bounds)  # dataset indices of each identity
         self.num_identities = num_identities
         self.num_instances = num_instances
-        self.seed = seed
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.epoch = 0
         self._cached: tuple[int, list[list[int]]] | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the shuffle of ``epoch`` (same on every rank)."""
-        self.epoch = epoch
 
     def _epoch_batches(self) -> list[list[int]]:
         if self._cached is None or self._cached[0] != self.epoch:
@@ -127,7 +131,7 @@ class PKSampler(Sampler[list[int]]):
         return len(self._epoch_batches()) // self.num_replicas
 
 
-class RandomBatchSampler(Sampler[list[int]]):
+class RandomBatchSampler(_EpochShuffleSampler):
     """Batch sampler: the dataset shuffled anew every epoch and cut into batches of
     ``batch_size`` (``DataLoader(shuffle=True)``), with no regard to identities.
 
@@ -154,19 +158,11 @@ class RandomBatchSampler(Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        if dataset_size < 1 or batch_size < 1:
-            raise ValueError(
-                f"dataset_size and batch_size must be >= 1, got {dataset_size} and {batch_size}"
-            )
-        self.num_replicas, self.rank = _distributed_defaults(num_replicas, rank)
+        check_int("dataset_size", dataset_size, minimum=1)
+        check_int("batch_size", batch_size, minimum=1)
+        super().__init__(seed, num_replicas, rank)
         self.dataset_size = dataset_size
         self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the shuffle of ``epoch`` (same on every rank)."""
-        self.epoch = epoch
 
     def _num_batches(self) -> int:
         full, rest = divmod(self.dataset_size, self.batch_size)

@@ -40,7 +40,14 @@ import PIL
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
-from ..utils import default_cache_dir, replace_directory, write_atomically
+from ..utils import (
+    check_in_range,
+    check_int,
+    default_cache_dir,
+    is_integer,
+    replace_directory,
+    write_atomically,
+)
 
 __all__ = [
     "SYNTHETIC_FORMAT_VERSION",
@@ -374,15 +381,12 @@ def _validated_parameters(
 ) -> dict[str, Any]:
     """Check the arguments and return them as the JSON-ready dict stored in the manifest."""
 
-    def is_int(value: object) -> bool:
-        return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
     def require_pair(name: str, value: object) -> tuple[int, int]:
         if (
             not isinstance(value, Sequence)
             or isinstance(value, str)
             or len(value) != 2
-            or not all(is_int(v) for v in value)
+            or not all(is_integer(v) for v in value)
         ):
             raise ValueError(f"{name} must be a pair of integers, got {value!r}.")
         return int(value[0]), int(value[1])
@@ -395,8 +399,7 @@ def _validated_parameters(
         ("num_junk", num_junk, 0, 999_999),
         ("seed", seed, 0, None),
     ):
-        if not is_int(value) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+        check_int(name, value, minimum=minimum)
         if maximum is not None and value > maximum:
             raise ValueError(f"{name} must be <= {maximum}, got {value!r}.")
     height, width = require_pair("image_size", image_size)
@@ -410,8 +413,9 @@ def _validated_parameters(
             f"images_per_camera must be (min, max) with 1 <= min <= max <= "
             f"{_MAX_IMAGES_PER_CAMERA}, got {images_per_camera!r}."
         )
-    if not isinstance(train_fraction, float | int) or not 0.0 < float(train_fraction) < 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction!r}.")
+    check_in_range(
+        "train_fraction", train_fraction, 0, 1, low_inclusive=False, high_inclusive=False
+    )
     num_train = round(float(train_fraction) * int(num_identities))
     if not 1 <= num_train <= int(num_identities) - 1:
         raise ValueError(

@@ -1,7 +1,8 @@
 """Deployment: ONNX export of the re-ID models and an embedder for trackers and services.
 
 * :func:`export_onnx` writes ``pixel_values (B, 3, H, W) -> embeddings (B, D)`` with a dynamic
-  batch, the preprocessing in the ONNX metadata and in a JSON file beside it.
+  batch, the preprocessing in the ONNX metadata and in a JSON file beside it, optionally
+  int8-quantised (:func:`quantize_onnx` does that to an exported file).
 * :class:`ReIDEmbedder` turns crops, or a frame and its boxes, into L2-normalised float32
   ``(N, D)`` embeddings with PyTorch or onnxruntime, preprocessing exactly like the image
   processor.
@@ -16,6 +17,7 @@ from .export import (
     OnnxParity,
     compare_with_onnxruntime,
     export_onnx,
+    quantize_onnx,
     read_onnx_metadata,
 )
 
@@ -25,5 +27,6 @@ __all__ = [
     "ReIDEmbedder",
     "compare_with_onnxruntime",
     "export_onnx",
+    "quantize_onnx",
     "read_onnx_metadata",
 ]

@@ -98,7 +98,7 @@ class ReIDEmbedder:
         if isinstance(model, PreTrainedModel):
             loaded, processor = _load(model, processor)
         else:
-            from ..pipelines import load_checkpoint
+            from ..models.auto import load_checkpoint
 
             loaded, own = load_checkpoint(model, device=device)
             processor = own if processor is None else processor

@@ -18,12 +18,21 @@ selected and ordered. With useful embeddings that is a few hundred items out of 
 (1.4 M of Market-1501's 54 M pairs for an mAP-0.7 model), which is what makes this fast;
 with useless ones it degrades gracefully to a full sort of that query's row. Queries are
 processed in chunks so memory stays bounded for any gallery size.
+
+From embeddings, the metrics are defined by float32 distances (the reference,
+:meth:`_GallerySide.distances`). ``evaluate_ranking(..., precision="bfloat16")`` reaches
+the identical result with bfloat16 products: a rigorous bound on their error decides most
+comparisons with a positive, and only the undecided pairs get their float32 value,
+computed by the reference's own GEMM call so the bits agree (docs/evaluation.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,11 +40,35 @@ import torch
 ArrayLike = np.ndarray | torch.Tensor | Sequence[int] | Sequence[float]
 
 DISTANCE_METRICS = ("euclidean", "cosine")
+PRECISIONS = ("bfloat16", "float32")
 
-# Elements of one (query chunk x gallery) distance block: 2**23 float32 = 32 MiB.
-_CHUNK_ELEMENTS = 1 << 23
+# Elements of one (query chunk x gallery) distance block: 2**25 float32 = 128 MiB. Every
+# chunk's GEMM packs the whole gallery again, so at MSMT17 scale (408 rows per chunk) fewer,
+# taller chunks make the product faster; memory stays well under the 2 GB goal.
+_CHUNK_ELEMENTS = 1 << 25
 # Zero-vector rows an error lists before "...".
 _MAX_LISTED_ROWS = 10
+
+# Floating-point facts the bfloat16 error bound uses (IEEE 754 binary32; bfloat16 is its top
+# 16 bits, so 8 significant bits and the same exponent range).
+_F32_UNIT = 2.0**-24  # float32 unit roundoff
+_BF16_UNIT = 2.0**-8  # bfloat16 unit roundoff
+_BF16_OUTPUT_ROUNDING = _BF16_UNIT / (1 - _BF16_UNIT)  # |rounded - exact| / |rounded|
+_BF16_MIN_NORMAL = 2.0**-126
+# Widening of computed bounds: covers float64 rounding in computing them (relative
+# 2**-50 at most for these few operations) with a wide safety factor.
+_WIDEN = 1 + 2.0**-20
+_F64_SLACK = 2.0**-40
+# Rows per block when measuring the bfloat16 rounding (a float32 copy: 64 MiB at 2048-d).
+_NORM_BLOCK_ROWS = 8192
+# Settlement multiplies groups of this many query rows by the columns they need, and
+# never fewer than _MIN_SETTLE_COLUMNS columns: from 4 rows and 16 columns on, MKL's float32
+# GEMM gives every element the same bits whatever the other rows and columns are
+# (measured; test_ranking checks it), so settled values equal the reference's.
+_SETTLE_GROUP_ROWS = 16
+_MIN_SETTLE_COLUMNS = 64
+# Products beyond this could overflow float32 in the candidate distances: no shortcut then.
+_BF16_SAFE_PRODUCT = 2.0**120
 
 
 def reject_zero_vectors(norms: np.ndarray | torch.Tensor, name: str) -> None:
@@ -123,15 +156,15 @@ def _as_label_tensor(x: ArrayLike, name: str, expected_len: int) -> torch.Tensor
 
 
 def pairwise_distance(
-    query: ArrayLike, gallery: ArrayLike, metric: str = "euclidean"
+    query: ArrayLike, gallery: ArrayLike, metric: str = "cosine"
 ) -> torch.Tensor:
-    """Distance matrix between two sets of embeddings.
+    """Distance matrix between two sets of embeddings, in float32.
 
     Args:
         query: ``(Q, D)`` embeddings.
         gallery: ``(G, D)`` embeddings.
-        metric: ``"euclidean"`` (L2 distance) or ``"cosine"`` (``1 - cosine similarity``,
-            in [0, 2]).
+        metric: ``"cosine"`` (``1 - cosine similarity``, in [0, 2]; the package-wide
+            default) or ``"euclidean"`` (L2 distance).
 
     Returns:
         ``(Q, G)`` float32 tensor; smaller means more similar.
@@ -145,7 +178,7 @@ def pairwise_distance(
     _check_dims(q, g)
     gallery_side = _GallerySide(g, metric)
     _check_query_norms(q, metric)
-    return gallery_side.distances(q, squared=False)
+    return gallery_side.distances(gallery_side.queries(q), squared=False)
 
 
 def _check_dims(q: torch.Tensor, g: torch.Tensor) -> None:
@@ -162,8 +195,23 @@ def _check_query_norms(query: torch.Tensor, metric: str) -> None:
         reject_zero_vectors(torch.linalg.vector_norm(query, dim=1), "query_embeddings")
 
 
+class _QueryBlock(NamedTuple):
+    """A block of queries as the distance formulas use them.
+
+    ``vectors``: ``(C, D)`` float32, L2-normalised for cosine. ``sq_norm``: ``(C, 1)``
+    squared norms for Euclidean, ``None`` for cosine.
+    """
+
+    vectors: torch.Tensor
+    sq_norm: torch.Tensor | None
+
+
 class _GallerySide:
-    """Gallery embeddings prepared once (normalised or squared norms) for blocks of queries."""
+    """Gallery embeddings prepared once (normalised or squared norms) for blocks of queries.
+
+    :meth:`distances` is the float32 reference: every metric is defined by the values it
+    returns.
+    """
 
     def __init__(self, gallery: torch.Tensor, metric: str) -> None:
         if metric not in DISTANCE_METRICS:
@@ -177,14 +225,169 @@ class _GallerySide:
             self.gallery = gallery
             self.sq_norm = gallery.pow(2).sum(1)
 
-    def distances(self, query: torch.Tensor, squared: bool) -> torch.Tensor:
-        """``(C, G)`` distances of a block of queries; ``squared`` applies to Euclidean."""
+    def queries(self, query: torch.Tensor) -> _QueryBlock:
+        """Prepare a ``(C, D)`` block of queries once for :meth:`distances`."""
         if self.metric == "cosine":
-            qn = torch.nn.functional.normalize(query, dim=1)
-            return torch.addmm(torch.ones((), dtype=query.dtype), qn, self.gallery.T, alpha=-1.0)
-        dist = torch.addmm(self.sq_norm.unsqueeze(0), query, self.gallery.T, alpha=-2.0)
-        dist.add_(query.pow(2).sum(1, keepdim=True)).clamp_(min=0)
+            return _QueryBlock(torch.nn.functional.normalize(query, dim=1), None)
+        return _QueryBlock(query, query.pow(2).sum(1, keepdim=True))
+
+    def distances(
+        self,
+        block: _QueryBlock,
+        squared: bool = True,
+        rows: torch.Tensor | None = None,
+        columns: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(C, G)`` float32 distances of a query block (``squared`` applies to Euclidean),
+        or only of its ``rows`` against the gallery ``columns`` (1-D index tensors)."""
+        vectors = block.vectors if rows is None else block.vectors[rows]
+        gallery = self.gallery if columns is None else self._gathered(columns)
+        if self.metric == "cosine":
+            return torch.addmm(torch.ones((), dtype=vectors.dtype), vectors, gallery.T, alpha=-1.0)
+        sq_norm = self.sq_norm if columns is None else self.sq_norm[columns]
+        dist = torch.addmm(sq_norm.unsqueeze(0), vectors, gallery.T, alpha=-2.0)
+        dist.add_(block.sq_norm if rows is None else block.sq_norm[rows]).clamp_(min=0)
         return dist if squared else dist.sqrt_()
+
+
+    def _gathered(self, columns: torch.Tensor) -> torch.Tensor:
+        """``gallery[columns]``, written into a buffer kept between calls (allocating a
+        fresh block each time costs more than the copy)."""
+        if len(getattr(self, "_buffer", ())) < len(columns):
+            self._buffer = torch.empty((len(columns), self.gallery.shape[1]))
+        return torch.index_select(self.gallery, 0, columns, out=self._buffer[: len(columns)])
+
+
+def _norm_bounds(x: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` float64 upper bounds of the row norms of ``x`` ``(N, D)`` float32.
+
+    The float32 norm is within ``gamma_(D+2)`` of the exact one relatively (``D`` squares
+    summed in any order, then a square root), so widening it by twice that is an upper
+    bound [Higham, Accuracy and Stability, 3.1].
+    """
+    widen = 1 + 2 * _gamma(x.shape[1] + 2)
+    return torch.linalg.vector_norm(x, dim=1).double() * widen
+
+
+class _Rounded(NamedTuple):
+    """Rows rounded to bfloat16: ``low`` ``(N, D)``, and ``(N,)`` float64 upper bounds of
+    the norms of the rows (``norm``), of ``low`` (``low_norm``) and of what rounding removed
+    (``residual``; ``x - low`` is exact in float32)."""
+
+    low: torch.Tensor
+    norm: torch.Tensor
+    low_norm: torch.Tensor
+    residual: torch.Tensor
+
+
+def _round_to_bfloat16(x: torch.Tensor) -> _Rounded:
+    """Round ``(N, D)`` float32 rows to bfloat16, block by block (no float32 copy of ``x``)."""
+    low = x.to(torch.bfloat16)
+    low_norms, residuals = [], []
+    for s in range(0, len(x), _NORM_BLOCK_ROWS):
+        low_block = low[s : s + _NORM_BLOCK_ROWS].float()
+        low_norms.append(_norm_bounds(low_block))
+        residuals.append(_norm_bounds(low_block.sub_(x[s : s + _NORM_BLOCK_ROWS]).neg_()))
+    return _Rounded(low, _norm_bounds(x), torch.cat(low_norms), torch.cat(residuals))
+
+
+class _CandidateDistances:
+    """bfloat16 distances plus a rigorous bound on how far each is from the float32 one.
+
+    Notation, for one query ``q`` and gallery item ``g`` as the reference multiplies them
+    (normalised for cosine), ``q~ g~`` their bfloat16 copies, ``dq = q - q~``,
+    ``dg = g - g~`` (norms exact up to float64 rounding), ``s`` the exact dot product,
+    ``K`` the dimension, ``u = 2**-24`` and ``gamma_n = n u / (1 - n u)``.
+
+    - **Candidate dot product.** Products of bfloat16 numbers are exact in float32 and
+      are summed in float32, so the sum is within ``gamma_K |q~| |g~|`` of ``q~ . g~``
+      (any summation order [Higham, Accuracy and Stability, 3.1]); it is then rounded to
+      bfloat16, which moves it by at most ``2**-8 / (1 - 2**-8)`` of the rounded value
+      ``p`` (plus ``2**-126`` if flushed). And ``q~ . g~ - s = -(q~ . dg + dq . g)``,
+      at most ``|q~| |dg| + |dq| |g|`` (Cauchy-Schwarz).
+    - **Reference.** The float32 product adds ``K + 1`` terms (the bias ``1`` or
+      ``|g|^2`` and the ``K`` scaled products), within ``gamma_(K+1)`` of their absolute
+      sum; Euclidean then adds ``|q|^2`` (one rounding of at most ``u (|q| + |g|)^2``).
+    - **Candidate distance.** ``1 - p`` (cosine) or ``|g|^2 - 2p + |q|^2`` (Euclidean,
+      the same float32 norms as the reference) costs one or two more roundings.
+
+    Both distances are 1-Lipschitz in the dot product up to the factor 2 of Euclidean, and
+    clamping at 0 is 1-Lipschitz, so ``|candidate - reference| <= margin + w |p|`` with a
+    per-query ``margin`` (the terms above, each gallery norm at its maximum) and
+    ``w = scale 2**-8 / (1 - 2**-8)``. All bounds are widened by a factor ``1 + 2**-20`` so
+    the float64 arithmetic that computes them cannot make them smaller than stated.
+    """
+
+    def __init__(self, side: _GallerySide) -> None:
+        self.side = side
+        self.dim = side.gallery.shape[1]
+        self.scale = 1.0 if side.metric == "cosine" else 2.0
+        rounded = _round_to_bfloat16(side.gallery)
+        self.gallery = rounded.low
+        self.max_norm = float(rounded.norm.max())
+        self.max_low_norm = float(rounded.low_norm.max())
+        self.max_residual = float(rounded.residual.max())
+
+    @property
+    def usable(self) -> bool:
+        """False when a gallery value overflows bfloat16 (the bound would be infinite)."""
+        return math.isfinite(self.max_residual) and math.isfinite(self.max_low_norm)
+
+    def distances(
+        self, block: _QueryBlock
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For a query block: ``(C, G)`` float32 candidate distances (squared for
+        Euclidean), the ``(C, G)`` bfloat16 products ``p`` they came from, and ``(C,)``
+        float64 ``margin`` and ``cap`` (an upper bound of every ``|p|`` of the row)."""
+        rounded = _round_to_bfloat16(block.vectors)
+        products = rounded.low @ self.gallery.T
+        dist = products.float()
+        if self.side.metric == "cosine":
+            dist.neg_().add_(1.0)
+        else:
+            dist.mul_(-2.0).add_(self.side.sq_norm).add_(block.sq_norm).clamp_(min=0)
+        margin = self._margins(rounded)
+        cap = rounded.low_norm * self.max_low_norm * (1 + _gamma(self.dim)) * (1 + 2 * _BF16_UNIT)
+        return dist, products, margin, cap
+
+    def _margins(self, rounded: _Rounded) -> torch.Tensor:
+        """``(C,)`` float64 per-query ``margin`` (see the class docstring)."""
+        norm, low_norm = rounded.norm, rounded.low_norm
+        big_g, big_low_g = self.max_norm, self.max_low_norm
+        # bfloat16 subnormal inputs, sums and outputs may be flushed to zero by the kernel.
+        flushed = _BF16_MIN_NORMAL * (self.dim + 1 + math.sqrt(self.dim) * (low_norm + big_low_g))
+        dot_error = (
+            _gamma(self.dim) * low_norm * big_low_g
+            + low_norm * self.max_residual
+            + rounded.residual * big_g
+            + flushed
+        )
+        gamma_reference = _gamma(self.dim + 1)
+        if self.side.metric == "cosine":
+            reference_error = gamma_reference * (1.0 + norm * big_g)
+            rounding = 4 * _F32_UNIT * (1.0 + 2.0 * norm * big_g)
+        else:
+            reach = (norm + big_g) ** 2
+            reference_error = gamma_reference * (big_g**2 + 2 * norm * big_g)
+            reference_error = reference_error + 2 * _F32_UNIT * reach
+            rounding = 4 * _F32_UNIT * reach
+        return (self.scale * dot_error + reference_error + rounding) * _WIDEN
+
+    def pair_bounds(
+        self, margin: torch.Tensor, products: torch.Tensor, values: torch.Tensor
+    ) -> torch.Tensor:
+        """Float64 bound per pair from its ``margin``, ``|p|`` bound ``products`` and
+        ``values``, widened so that ``values +- bound`` computed in float64 still hold the
+        exact interval."""
+        spread = self.scale * _BF16_OUTPUT_ROUNDING * products.double().abs()
+        return (margin + spread) * _WIDEN + _F64_SLACK * values.double().abs()
+
+
+def _gamma(n: int) -> float:
+    """Higham's ``gamma_n = n u / (1 - n u)`` for float32 (``u = 2**-24``)."""
+    if n * _F32_UNIT >= 0.01:
+        raise ValueError(f"embedding dimension {n} is too large for the bfloat16 error bound")
+    return n * _F32_UNIT / (1 - n * _F32_UNIT)
 
 
 class _PositiveLookup:
@@ -209,6 +412,24 @@ class _PositiveLookup:
         return self.order[slot], mask
 
 
+def _positive_slots(
+    q_pids: torch.Tensor,
+    q_camids: torch.Tensor,
+    g_pids: torch.Tensor,
+    g_camids: torch.Tensor,
+    lookup: _PositiveLookup,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(index, positive)``, both ``(C, M)``: each query's same-identity gallery items and
+    which of them are positives (another camera, not junk)."""
+    same_id, in_group = lookup.same_identity(q_pids)
+    positive = (
+        in_group
+        & (g_camids[same_id] != q_camids.unsqueeze(1))
+        & (g_pids[same_id] != -1)
+    )
+    return same_id, positive
+
+
 def _order_preserving_bits(values: torch.Tensor) -> torch.Tensor:
     """float32 -> int64 in [0, 2**32) with the same order; equal floats (0.0, -0.0) equal."""
     bits = (values + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into 0.0
@@ -230,12 +451,7 @@ def _rank_chunk(
     0 and NaN AP / INP. Ranks are 1-based among the query's *valid* gallery items.
     """
     num_queries = len(dist)
-    same_id, in_group = lookup.same_identity(q_pids)  # (C, M)
-    positive = (
-        in_group
-        & (g_camids[same_id] != q_camids.unsqueeze(1))
-        & (g_pids[same_id] != -1)
-    )
+    same_id, positive = _positive_slots(q_pids, q_camids, g_pids, g_camids, lookup)
     num_pos = positive.sum(1)
     hardest = dist.gather(1, same_id).masked_fill_(~positive, float("-inf")).amax(1)
     # Items no farther than the hardest positive hold every positive and everything ranked
@@ -278,12 +494,12 @@ def _evaluate(
     g_pids: torch.Tensor,
     q_camids: torch.Tensor,
     g_camids: torch.Tensor,
+    lookup: _PositiveLookup,
     max_rank: int,
     return_per_query: bool,
 ) -> RankingResult:
     num_gallery = len(g_pids)
     max_rank = min(max_rank, num_gallery)
-    lookup = _PositiveLookup(g_pids)
     results = [
         _rank_chunk(dist, q_pids[s : s + len(dist)], q_camids[s : s + len(dist)], g_pids,
                     g_camids, lookup)
@@ -354,7 +570,7 @@ def evaluate_distance_matrix(
         query_pids, gallery_pids: identity labels, ``(Q,)`` and ``(G,)`` integers.
         query_camids, gallery_camids: camera labels, ``(Q,)`` and ``(G,)`` integers.
         max_rank: length of the CMC curve, clipped to the gallery size.
-        chunk_size: queries per chunk (default: a 32 MiB block of distances).
+        chunk_size: queries per chunk (default: a 128 MiB block of distances).
         return_per_query: also return per-query AP (NaN for skipped queries).
     """
     dist = _as_float_tensor(distances, "distances")
@@ -367,7 +583,131 @@ def evaluate_distance_matrix(
     )
     rows = _rows_per_chunk(num_gallery, chunk_size)
     chunks = ((s, dist[s : s + rows]) for s in range(0, num_query, rows))
-    return _evaluate(chunks, *labels, max_rank=max_rank, return_per_query=return_per_query)
+    return _evaluate(
+        chunks, *labels, lookup=_PositiveLookup(labels[1]), max_rank=max_rank,
+        return_per_query=return_per_query,
+    )
+
+
+def _settled_distances(
+    candidates: _CandidateDistances,
+    block: _QueryBlock,
+    q_pids: torch.Tensor,
+    q_camids: torch.Tensor,
+    g_pids: torch.Tensor,
+    g_camids: torch.Tensor,
+    lookup: _PositiveLookup,
+) -> torch.Tensor:
+    """``(C, G)`` ranking keys that rank every positive exactly as the float32 reference.
+
+    Keys are the bfloat16 candidate distances, except that every pair whose order relative
+    to one of its query's positives the error bound cannot decide (their intervals
+    ``value +- bound`` overlap; each positive overlaps itself) gets its float32 reference
+    value. Then for each positive ``p`` and each gallery item ``j`` either both keys are
+    reference values, or the intervals are disjoint and both keys lie inside them, so
+    ``(key_j, j) < (key_p, p)`` exactly when the reference says so: every positive has
+    its reference rank, and CMC / AP / INP depend on nothing else.
+    """
+    dist, products, margin, cap = candidates.distances(block)
+    if not (bool(torch.isfinite(margin).all()) and float(cap.max()) < _BF16_SAFE_PRODUCT):
+        return candidates.side.distances(block)  # the bound would overflow: no shortcut
+    same_id, positive = _positive_slots(q_pids, q_camids, g_pids, g_camids, lookup)
+    pos_values = dist.gather(1, same_id).double()
+    pos_bounds = candidates.pair_bounds(
+        margin.unsqueeze(1), products.gather(1, same_id), pos_values
+    )
+    upper = (pos_values + pos_bounds).masked_fill_(~positive, -math.inf)
+    lower = (pos_values - pos_bounds).masked_fill_(~positive, math.inf)
+    # Only items whose interval starts below the hardest positive's interval end can
+    # precede a positive; `cap` bounds every |p| of the row, hence every item's bound.
+    hardest = upper.amax(1)  # -inf for a query without positives: no candidates
+    reach = hardest + candidates.pair_bounds(margin, cap, hardest.nan_to_num(neginf=0.0))
+    threshold = torch.nextafter(reach.float(), torch.tensor(math.inf))  # never rounds down
+    rows, cols = (dist <= threshold.unsqueeze(1)).nonzero(as_tuple=True)
+    step = max(1, _CHUNK_ELEMENTS // max(same_id.shape[1], 1))
+    undecided = torch.cat([
+        _overlaps_a_positive(candidates, dist, products, margin, lower, upper,
+                             rows[s : s + step], cols[s : s + step])
+        for s in range(0, len(rows), step)
+    ]) if len(rows) else torch.zeros(0, dtype=torch.bool)
+    _settle(dist, candidates.side, block, rows[undecided], cols[undecided])
+    return dist
+
+
+def _overlaps_a_positive(candidates, dist, products, margin, lower, upper, rows, cols):
+    """``(n,)`` bool: does the interval of pair ``(rows, cols)`` meet one of its query's
+    positive intervals (``lower`` / ``upper``, ``(C, M)`` float64)?"""
+    values = dist[rows, cols].double()
+    bounds = candidates.pair_bounds(margin[rows], products[rows, cols], values)
+    low, high = (values - bounds).unsqueeze(1), (values + bounds).unsqueeze(1)
+    return ((low <= upper[rows]) & (high >= lower[rows])).any(1)
+
+
+def _settle(
+    dist: torch.Tensor,
+    side: _GallerySide,
+    block: _QueryBlock,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+) -> None:
+    """Overwrite ``dist[rows, cols]`` with the float32 reference values, in place.
+
+    Groups of ``_SETTLE_GROUP_ROWS`` query rows (fewer only when the whole block is
+    smaller, i.e. the reference's own row count) are multiplied by the union of the
+    columns they need, padded to ``_MIN_SETTLE_COLUMNS``, with the reference's own GEMM
+    call, so each value has the bits the reference computes.
+    """
+    num_rows, num_gallery = dist.shape
+    padding = torch.arange(min(_MIN_SETTLE_COLUMNS, num_gallery))
+    # `rows` ascend (row-major nonzero), so each group of rows is one contiguous slice.
+    bounds = torch.arange(0, num_rows + _SETTLE_GROUP_ROWS, _SETTLE_GROUP_ROWS)
+    slices = torch.searchsorted(rows, bounds.clamp(max=num_rows)).tolist()
+    for index, (first, last) in enumerate(itertools.pairwise(slices)):
+        if first == last:
+            continue
+        stop = min((index + 1) * _SETTLE_GROUP_ROWS, num_rows)
+        start = max(0, stop - _SETTLE_GROUP_ROWS)
+        r, c = rows[first:last], cols[first:last]
+        columns = torch.unique(torch.cat([c, padding]))
+        exact = side.distances(block, rows=torch.arange(start, stop), columns=columns)
+        dist[r, c] = exact[r - start, torch.searchsorted(columns, c)]
+
+
+def _chunk_distances(
+    side: _GallerySide,
+    precision: str,
+    labels: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    lookup: _PositiveLookup,
+) -> Callable[[int, torch.Tensor], torch.Tensor]:
+    """``(start, queries (C, D)) -> (C, G)`` ranking keys for ``precision``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    q_pids, g_pids, q_camids, g_camids = labels
+
+    def reference(start: int, queries: torch.Tensor) -> torch.Tensor:
+        return side.distances(side.queries(queries))
+
+    # Settlement needs the reference GEMM to behave the same on column subsets, which
+    # holds from _MIN_SETTLE_COLUMNS columns; smaller galleries cost nothing anyway. A
+    # lowered float32 matmul precision would void the reference's error bound.
+    if (
+        precision == "float32"
+        or len(g_pids) < _MIN_SETTLE_COLUMNS
+        or torch.get_float32_matmul_precision() != "highest"
+    ):
+        return reference
+    candidates = _CandidateDistances(side)
+    if not candidates.usable:
+        return reference
+
+    def settled(start: int, queries: torch.Tensor) -> torch.Tensor:
+        stop = start + len(queries)
+        return _settled_distances(
+            candidates, side.queries(queries), q_pids[start:stop], q_camids[start:stop],
+            g_pids, g_camids, lookup,
+        )
+
+    return settled
 
 
 def evaluate_ranking(
@@ -378,42 +718,59 @@ def evaluate_ranking(
     query_camids: ArrayLike,
     gallery_camids: ArrayLike,
     *,
-    metric: str = "euclidean",
+    metric: str = "cosine",
+    precision: str = "float32",
     max_rank: int = 50,
     chunk_size: int | None = None,
     return_per_query: bool = False,
 ) -> RankingResult:
     """CMC / mAP / mINP from query and gallery embeddings, never holding the full matrix.
 
-    Distances are computed one chunk of queries at a time (``metric`` is ``"euclidean"`` or
-    ``"cosine"``), so memory is bounded by the chunk, not by ``Q x G``: MSMT17's
-    11,659 x 82,161 evaluation fits in a few hundred MB beyond the embeddings. Euclidean
-    ranking uses squared distances, which order the gallery identically.
+    Distances are computed one chunk of queries at a time (``metric`` is ``"cosine"``, the
+    package-wide default, or ``"euclidean"``), so memory is bounded by the chunk, not by
+    ``Q x G`` (docs/evaluation.md has the measured peaks). Euclidean ranking uses squared
+    distances, which order the gallery identically.
+
+    The metrics are defined by float32 distances; ``precision="float32"`` (the default)
+    computes only those. ``precision="bfloat16"`` returns the *identical* result another
+    way: it ranks with bfloat16 products and a rigorous bound on their error, and
+    recomputes in float32 only the pairs whose order relative to a positive the bound
+    leaves open (see :class:`_CandidateDistances` and :func:`_settled_distances`;
+    galleries under 64 items always use float32). In benchmarks/bench_ranking.py it is
+    faster at MSMT17 scale and slower at Market-1501 scale, where the pairs to recompute
+    cost more than the cheaper product saves, so it is an option, not the default
+    (docs/evaluation.md has the measured times and memory).
 
     Args:
         query_embeddings: ``(Q, D)`` float embeddings.
         gallery_embeddings: ``(G, D)`` float embeddings.
         query_pids, gallery_pids, query_camids, gallery_camids: integer labels.
-        metric, max_rank, chunk_size, return_per_query: see :func:`evaluate_distance_matrix`.
+        metric: ``"cosine"`` or ``"euclidean"``.
+        precision: ``"bfloat16"`` (candidates, then exact settlement) or ``"float32"``.
+        max_rank, chunk_size, return_per_query: see :func:`evaluate_distance_matrix`.
 
     Raises:
-        ValueError: bad shapes or labels, NaN or infinite embeddings, an unknown ``metric``,
-            or, with ``metric="cosine"``, zero vectors (their cosine distance is undefined;
-            :func:`reject_zero_vectors` names the rows).
+        ValueError: bad shapes or labels, NaN or infinite embeddings, an unknown ``metric``
+            or ``precision``, or, with ``metric="cosine"``, zero vectors (their cosine
+            distance is undefined; :func:`reject_zero_vectors` names the rows).
     """
     q = _as_float_tensor(query_embeddings, "query_embeddings")
     g = _as_float_tensor(gallery_embeddings, "gallery_embeddings")
     _check_dims(q, g)
     for name, emb in (("query_embeddings", q), ("gallery_embeddings", g)):
-        if not torch.isfinite(emb).all():
+        # A sum is one pass without a mask the size of the embeddings, and it is NaN or
+        # inf whenever an entry is; only then (or on overflow) look at every entry.
+        if not math.isfinite(float(emb.sum())) and not bool(torch.isfinite(emb).all()):
             raise ValueError(f"{name} contain NaN or inf; expected finite values")
     labels = _validated_labels(
         query_pids, gallery_pids, query_camids, gallery_camids, len(q), len(g), max_rank
     )
     gallery_side = _GallerySide(g, metric)
     _check_query_norms(q, metric)
+    lookup = _PositiveLookup(labels[1])
+    distances = _chunk_distances(gallery_side, precision, labels, lookup)
     rows = _rows_per_chunk(len(g), chunk_size)
-    chunks = (
-        (s, gallery_side.distances(q[s : s + rows], squared=True)) for s in range(0, len(q), rows)
+    chunks = ((s, distances(s, q[s : s + rows])) for s in range(0, len(q), rows))
+    return _evaluate(
+        chunks, *labels, lookup=lookup, max_rank=max_rank, return_per_query=return_per_query
     )
-    return _evaluate(chunks, *labels, max_rank=max_rank, return_per_query=return_per_query)

@@ -1,5 +1,7 @@
-"""Retrieval: embedding extraction, a FAISS gallery index, search, ranked-list pictures."""
+"""Retrieval: embedding extraction (also to an embeddings file), a FAISS gallery index,
+search, ranked-list pictures."""
 
+from .embedding_set import EMBEDDING_FILE_KEYS, EmbeddingSet, extract_checkpoint_embeddings
 from .extraction import embedding_dataloader, extract_embeddings
 from .index import GalleryIndex, SearchResult
 from .search import (
@@ -15,12 +17,15 @@ from .search import (
 from .visualization import render_ranked_list, save_ranked_list
 
 __all__ = [
+    "EMBEDDING_FILE_KEYS",
+    "EmbeddingSet",
     "GalleryIndex",
     "GallerySearch",
     "PreparedIndex",
     "RankedMatch",
     "SearchResult",
     "embedding_dataloader",
+    "extract_checkpoint_embeddings",
     "extract_embeddings",
     "image_folder_dataset",
     "load_gallery",

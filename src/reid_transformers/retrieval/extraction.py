@@ -31,6 +31,8 @@ from datasets import Image as ImageFeature
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..utils import check_int
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
@@ -259,8 +261,8 @@ def embedding_dataloader(
         raise ValueError("dataset is empty: there is nothing to embed")
     if not callable(processor):
         raise TypeError(f"processor must be callable, got {type(processor).__name__}")
-    _check_int(batch_size, "batch_size", minimum=1)
-    _check_int(num_workers, "num_workers", minimum=0)
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("num_workers", num_workers, minimum=0)
     # The loader's own dataset is just the row numbers: the collate function fetches the
     # rows of a whole batch with one Arrow read, which is much cheaper than row by row.
     return DataLoader(
@@ -448,14 +450,6 @@ def extract_embeddings(
         ordered[~readable] = np.nan
         logger.warning("skipped %d of %d images that could not be read", skipped, len(ordered))
     return ordered
-
-
-def _check_int(value: object, name: str, *, minimum: int) -> None:
-    # bool is an int subclass; batch_size=True is a bug, not 1.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:

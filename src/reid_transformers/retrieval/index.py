@@ -6,9 +6,15 @@ path, so a search returns "who, from which camera, which file" rather than bare 
 numbers. Rows are numbered 0..N-1 in insertion order; ``SearchResult.indices`` refers to
 those numbers.
 
+Exact (flat) search picks a few candidates per query (faiss's float32 search for slightly
+more than k rows, or a torch bfloat16 matrix product with ``precision="bfloat16"``) and
+re-scores exactly those that could be in the top k (see `GalleryIndex.search`), so both
+precisions return the same result.
+
 Threads: faiss parallelises add/search with OpenMP over all visible cores by default.
 ``faiss.omp_set_num_threads`` is process-global, so this module never calls it; call it
 yourself (for example with the number of cores your job owns) before building or searching.
+bfloat16 flat search and the re-score run on torch's threads (``torch.set_num_threads``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -29,7 +35,7 @@ import numpy as np
 import torch
 
 from ..evaluation.ranking import reject_zero_vectors
-from ..utils import fsync_directory, replace_directory
+from ..utils import check_int, fsync_directory, replace_directory
 
 __all__ = [
     "FORMAT_VERSION",
@@ -37,11 +43,14 @@ __all__ = [
     "GalleryIndex",
     "IndexType",
     "Metric",
+    "Precision",
+    "RECOMMENDED_APPROXIMATE",
     "SearchResult",
 ]
 
 Metric: TypeAlias = Literal["cosine", "euclidean", "inner_product"]
 IndexType: TypeAlias = Literal["flat", "ivf", "hnsw"]
+Precision: TypeAlias = Literal["float32", "bfloat16"]
 ArrayLike: TypeAlias = np.ndarray | torch.Tensor | Sequence[Sequence[float]] | Sequence[float]
 LabelsLike: TypeAlias = np.ndarray | torch.Tensor | Sequence[int]
 PathsLike: TypeAlias = Sequence[str | os.PathLike[str]]
@@ -50,8 +59,21 @@ PathsLike: TypeAlias = Sequence[str | os.PathLike[str]]
 #: older `load` could not read correctly.
 FORMAT_VERSION = 1
 
+#: Approximate-search settings to start from for a large gallery:
+#: ``GalleryIndex(dim, **RECOMMENDED_APPROXIMATE)``. On 103,042 trained 768-d embeddings
+#: (benchmarks/bench_index.py --suite trained, docs/search.md) this HNSW searched 10.2x
+#: faster than exact flat search at recall@100 0.992 (recall@10 0.998), after a 13 s build
+#: on 2 cores [our choice: the fastest setting measured there with recall@100 >= 0.95].
+RECOMMENDED_APPROXIMATE: dict[str, Any] = {
+    "index_type": "hnsw",
+    "hnsw_m": 16,
+    "ef_construction": 80,
+    "ef_search": 128,
+}
+
 _METRICS: tuple[str, ...] = ("cosine", "euclidean", "inner_product")
 _INDEX_TYPES: tuple[str, ...] = ("flat", "ivf", "hnsw")
+_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 
 #: Training vectors needed per IVF list when ``nlist`` is given explicitly. Below about 10
 #: points per centroid k-means leaves many lists empty or near-duplicate; above it the
@@ -68,6 +90,18 @@ _AUTO_POINTS_PER_LIST = 39
 _EXACT_BLOCK_BYTES = 64 * 1024 * 1024
 # Queries per chunk when intersecting approximate and exact top-k (a Q x k x k bool array).
 _RECALL_QUERY_CHUNK = 4096
+# Flat search computes the (queries x gallery) candidate scores in blocks of queries of
+# about this many bytes (float32), and gathers the candidates' rows to re-score in blocks
+# of about this many (small enough to stay in cache for the product and the sum).
+_SCORE_BLOCK_BYTES = 64 * 1024 * 1024
+_RESCORE_BLOCK_BYTES = 1024 * 1024
+# Unit roundoffs (round to nearest) of float32 and bfloat16, for the candidate error bounds.
+_FLOAT32_UNIT = 2.0**-24
+_BFLOAT16_UNIT = 2.0**-8
+# Candidates kept per query beyond k by the top-k over the candidate scores; a query whose
+# error margin reaches past them takes a full pass over its row instead (always correct,
+# slower). bfloat16's margin is about 2**-6 of |q||g|, so it needs more room than float32.
+_EXTRA_CANDIDATES = {"float32": 4, "bfloat16": 48}
 
 _INDEX_FILE = "index.faiss"
 _PIDS_FILE = "pids.npy"
@@ -129,11 +163,7 @@ class SearchResult:
 
 
 def _positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
-    # bool is an int subclass; `k=True` is a bug, not "1".
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    check_int(name, value, minimum=minimum)
     return int(value)
 
 
@@ -165,6 +195,16 @@ class GalleryIndex:
             for about 2-3x the build time. Ignored by other index types.
         ef_search: HNSW search beam width. Can be changed later through the `ef_search`
             property. Ignored by other index types.
+        precision: Flat index only: the arithmetic that picks the candidates.
+            ``"float32"`` (default) or ``"bfloat16"`` (inputs rounded to bfloat16, about
+            4x the matrix-product speed on CPUs with AVX512-BF16 or AMX). Either way the
+            candidates that could be in the top k are re-scored exactly, so both return
+            the same rows, scores and order (see `search`). bfloat16 keeps a bfloat16 copy
+            of the gallery (2 * D bytes per row), and is slower than float32 where many
+            rows lie within its error margin of the k-th score (3x slower at k = 100 on
+            trained embeddings in docs/search.md): measure before choosing it. Another
+            value than float32 with IVF / HNSW raises `ValueError`. Settable later
+            through the `precision` property.
 
     IVF training: an IVF index must be trained before vectors can be added. Call `train`
     with a representative sample, or let the first `add` train on its own batch; in the
@@ -188,6 +228,7 @@ class GalleryIndex:
         hnsw_m: int = 32,
         ef_search: int = 64,
         ef_construction: int = 200,
+        precision: Precision = "float32",
     ) -> None:
         self._dim = _positive_int(dim, "dim")
         if metric not in _METRICS:
@@ -201,6 +242,8 @@ class GalleryIndex:
         self._hnsw_m = _positive_int(hnsw_m, "hnsw_m", minimum=2)
         self._ef_search = _positive_int(ef_search, "ef_search")
         self._ef_construction = _positive_int(ef_construction, "ef_construction")
+        self._precision: Precision = "float32"
+        self.precision = precision
         self._faiss_metric = (
             faiss.METRIC_L2 if metric == "euclidean" else faiss.METRIC_INNER_PRODUCT
         )
@@ -217,6 +260,9 @@ class GalleryIndex:
         self._pid_chunks: list[np.ndarray] = []
         self._camid_chunks: list[np.ndarray] = []
         self._paths: list[str | None] = []
+        # Flat search's derived views of the gallery (squared norms, bfloat16 copy), built
+        # on first use and dropped by every add.
+        self._flat_cache: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ properties
     @property
@@ -279,6 +325,22 @@ class GalleryIndex:
             self._index.hnsw.efSearch = self._ef_search
 
     @property
+    def precision(self) -> Precision:
+        """Flat search's candidate arithmetic, ``"float32"`` or ``"bfloat16"``; settable."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: Precision) -> None:
+        if value not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {_PRECISIONS}, got {value!r}")
+        if value != "float32" and self._index_type != "flat":
+            raise ValueError(
+                f"precision={value!r} needs index_type='flat' (IVF and HNSW search in faiss's "
+                f"float32), got index_type={self._index_type!r}"
+            )
+        self._precision = value
+
+    @property
     def pids(self) -> np.ndarray:
         """(N,) int64 identity of every gallery row, -1 where not given (a copy)."""
         return self._consolidated(self._pid_chunks).copy()
@@ -313,6 +375,8 @@ class GalleryIndex:
                 f"ef_construction={self._ef_construction}",
                 f"ef_search={self._ef_search}",
             ]
+        else:
+            parts.append(f"precision={self._precision!r}")
         return f"GalleryIndex({', '.join(parts)})"
 
     # ------------------------------------------------------------------ building
@@ -386,6 +450,7 @@ class GalleryIndex:
             self._train_ivf(vectors)
         assert self._index is not None
         self._index.add(vectors)
+        self._flat_cache.clear()
         self._pid_chunks.append(pid_array)
         self._camid_chunks.append(camid_array)
         self._paths.extend(path_list)
@@ -417,6 +482,18 @@ class GalleryIndex:
     def search(self, queries: ArrayLike, k: int = 10) -> SearchResult:
         """Find the k best gallery rows for each query.
 
+        IVF and HNSW indexes search with faiss. A flat index is searched exactly, in three
+        steps per block of queries: (1) candidate scores: faiss's float32 search for the
+        best k + 4 rows, or with ``precision="bfloat16"`` a bfloat16 matrix product over
+        every row and its best k + 48; (2) the rows whose candidate score lies within twice
+        a proven bound on its rounding error (plus the re-score's) of the k-th best are
+        kept, which provably includes every row of the exact top k and every row tied
+        with it (a query whose margin reaches past its kept slots gets its whole row
+        scored); (3) those rows are re-scored from the stored float32 vectors (float32
+        products summed by one torch reduction per pair) and the top k taken, ties going
+        to the lower row number. The same (query, row) pair always gets the same score,
+        so float32 and bfloat16 precision return identical results.
+
         Args:
             queries: (Q, D) or (D,) float array, numpy or torch; a single vector is treated
                 as Q = 1. Normalised like the gallery for cosine.
@@ -438,9 +515,60 @@ class GalleryIndex:
         if vectors.shape[0] == 0:
             raw = np.empty((0, k), dtype=np.float32)
             indices = np.empty((0, k), dtype=np.int64)
+        elif self._index_type == "flat":
+            return self._exact_search(torch.from_numpy(vectors), k)
         else:
             raw, indices = self._index.search(vectors, k)
         return self._make_result(raw, indices)
+
+    # ------------------------------------------------------------------ exact search
+    def _gallery_tensor(self) -> torch.Tensor:
+        """(N, D) float32 view (no copy) of the vectors stored in the flat faiss index."""
+        assert self._index is not None
+        flat = faiss.rev_swig_ptr(self._index.get_xb(), len(self) * self._dim)
+        return torch.from_numpy(flat).view(len(self), self._dim)
+
+    def _cached(self, name: str, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if name not in self._flat_cache:
+            self._flat_cache[name] = build()
+        return self._flat_cache[name]
+
+    def _exact_search(self, queries: torch.Tensor, k: int) -> SearchResult:
+        gallery = self._gallery_tensor()
+        squared_norms = self._cached("squared_norms", lambda: gallery.square().sum(dim=1))
+        low = None
+        if self._precision == "bfloat16":
+            low = self._cached("bfloat16", lambda: gallery.to(torch.bfloat16))
+        euclidean = self._metric == "euclidean"
+        width = min(k + _EXTRA_CANDIDATES[self._precision], len(self))
+        if low is None:
+            # One faiss call for all queries: faiss blocks them itself.
+            raw, found = self._index.search(queries.numpy(), width)
+            # Larger is better: scores, or minus faiss's squared distances.
+            float32_scores = torch.from_numpy(-raw if euclidean else raw)
+            float32_candidates = torch.from_numpy(found)
+        block = max(1, _SCORE_BLOCK_BYTES // (4 * len(self)))
+        values = np.empty((queries.shape[0], k), dtype=np.float32)
+        indices = np.empty((queries.shape[0], k), dtype=np.int64)
+        # Reused by every block: a fresh 64 MB tensor per block costs page faults of the
+        # order of the top-k itself.
+        scores = None if low is None else torch.empty(min(block, queries.shape[0]), len(self))
+        for start in range(0, queries.shape[0], block):
+            rows = slice(start, start + block)
+            if scores is None:
+                top_scores, candidates = float32_scores[rows], float32_candidates[rows]
+                block_scores = None
+            else:
+                block_scores = scores[: len(queries[rows])]
+                block_scores.copy_(queries[rows].to(torch.bfloat16) @ low.T)
+                if euclidean:
+                    block_scores.mul_(2).sub_(squared_norms)
+                top_scores, candidates = block_scores.topk(width, dim=1)
+            values[rows], indices[rows] = _exact_top_k_block(
+                queries[rows], gallery, squared_norms, k, top_scores, candidates,
+                euclidean=euclidean, bfloat16=low is not None, scores=block_scores,
+            )
+        return self._make_result(values, indices, squared=False)
 
     def recall_at_k(self, queries: ArrayLike, k: int = 10) -> float:
         """Fraction of the exact top-k neighbours that this index's search returns.
@@ -498,7 +626,10 @@ class GalleryIndex:
         heap.finalize()
         return heap.I
 
-    def _make_result(self, raw: np.ndarray, indices: np.ndarray) -> SearchResult:
+    def _make_result(
+        self, raw: np.ndarray, indices: np.ndarray, *, squared: bool = True
+    ) -> SearchResult:
+        """Attach metadata; euclidean ``raw`` are squared distances (faiss's) if ``squared``."""
         missing = indices < 0
         safe = np.where(missing, 0, indices)
         all_pids = self._consolidated(self._pid_chunks)
@@ -509,7 +640,11 @@ class GalleryIndex:
         if self._metric == "euclidean":
             # faiss returns squared L2 computed as |x|^2 + |y|^2 - 2xy, which can round to a
             # tiny negative number for near-duplicates; clamp before the square root.
-            distances = np.sqrt(np.maximum(raw, 0.0), dtype=np.float32)
+            distances = (
+                np.sqrt(np.maximum(raw, 0.0), dtype=np.float32)
+                if squared
+                else np.array(raw, dtype=np.float32)
+            )
             distances[missing] = np.inf
             return SearchResult(self._metric, indices, pids, camids, paths, distances=distances)
         scores = np.array(raw, dtype=np.float32)
@@ -663,6 +798,7 @@ class GalleryIndex:
             "hnsw_m": self._hnsw_m,
             "ef_search": self._ef_search,
             "ef_construction": self._ef_construction,
+            "precision": self._precision,
             "size": len(self),
             "faiss_version": faiss.__version__,
             "files": files,
@@ -712,6 +848,8 @@ class GalleryIndex:
                 hnsw_m=config["hnsw_m"],
                 ef_search=config["ef_search"],
                 ef_construction=config["ef_construction"],
+                # Saves from before the precision option searched in float32.
+                precision=config.get("precision", "float32"),
             )
         except (TypeError, ValueError) as error:
             raise ValueError(f"{root / _CONFIG_FILE} holds invalid settings: {error}") from error
@@ -752,6 +890,163 @@ class GalleryIndex:
         gallery._camid_chunks = [camids]
         gallery._paths = paths
         return gallery
+
+
+# ---------------------------------------------------------------------- exact search
+def _exact_top_k_block(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    squared_norms: torch.Tensor,
+    k: int,
+    top_scores: torch.Tensor,
+    candidates: torch.Tensor,
+    *,
+    euclidean: bool,
+    bfloat16: bool,
+    scores: torch.Tensor | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 2 and 3 of `GalleryIndex.search` for a block of B queries.
+
+    Args:
+        queries: (B, D) float32.
+        gallery: (N, D) float32, the stored vectors.
+        squared_norms: (N,) float32 squared norms of ``gallery``.
+        k: Neighbours per query, <= N.
+        top_scores: (B, W) candidate scores of each query's best W >= k rows, best first
+            (larger is better: q.g, or for Euclidean -d^2 up to a per-query constant).
+        candidates: (B, W) int64 their row numbers.
+        euclidean: Rank by smallest Euclidean distance instead of largest inner product.
+        bfloat16: Whether the candidate scores come from bfloat16 inputs (wider margin).
+        scores: (B, N) the candidate scores of every row, or None (float32 from faiss:
+            rows whose margin reaches past the W slots are then scored here in float32).
+
+    Returns:
+        (B, k) float32 scores (inner product) or distances (euclidean), best first, and
+        (B, k) int64 row numbers.
+    """
+    width = top_scores.shape[1]
+    margin = _candidate_margin(queries, squared_norms, bfloat16, euclidean=euclidean)
+    threshold = top_scores[:, k - 1] - margin
+    # top_scores are sorted, so each query's candidates are a prefix of its slots.
+    counts = (top_scores >= threshold[:, None]).sum(dim=1)
+    values = torch.empty(len(queries), k)
+    indices = torch.empty(len(queries), k, dtype=torch.int64)
+    # Where every slot is a candidate the margin may reach further: scan those whole rows.
+    overflow = (counts == width) & (width < len(gallery))
+    # A slice, not an index tensor, in the usual case: indexing would copy the block.
+    regular = (~overflow).nonzero(as_tuple=True)[0] if overflow.any() else slice(None)
+    if len(counts[regular]):
+        kept = int(counts[regular].max())
+        values[regular], indices[regular] = _exact_top_k_of(
+            queries[regular], gallery, candidates[regular, :kept], counts[regular], k,
+            euclidean=euclidean,
+        )
+    if overflow.any():
+        wide = overflow.nonzero(as_tuple=True)[0]
+        if scores is None:  # faiss kept only the top slots: score these rows in full
+            wide_scores = queries[wide] @ gallery.T
+            if euclidean:
+                wide_scores.mul_(2).sub_(squared_norms)
+            wide_threshold = wide_scores.topk(k, dim=1).values[:, -1] - margin[wide]
+        else:
+            wide_scores, wide_threshold = scores[wide], threshold[wide]
+        wide_candidates, wide_counts = _padded_rows(wide_scores >= wide_threshold[:, None])
+        values[wide], indices[wide] = _exact_top_k_of(
+            queries[wide], gallery, wide_candidates, wide_counts, k, euclidean=euclidean
+        )
+    return values.numpy(), indices.numpy()
+
+
+def _padded_rows(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, C) bool -> (R, max count) int64 column numbers of each row's True entries, in
+    order and padded with 0, and (R,) counts."""
+    rows, columns = mask.nonzero(as_tuple=True)
+    counts = mask.sum(dim=1)
+    starts = counts.cumsum(0) - counts
+    padded = torch.zeros(len(counts), int(counts.max()), dtype=torch.int64)
+    padded[rows, torch.arange(len(rows)) - starts[rows]] = columns
+    return padded, counts
+
+
+def _candidate_margin(
+    queries: torch.Tensor, squared_norms: torch.Tensor, bfloat16: bool, *, euclidean: bool
+) -> torch.Tensor:
+    """(B,) how far below the k-th best candidate score a row of the exact top k can lie.
+
+    With |s' - s| <= e (candidate vs exact score) and |t - s| <= r (exact vs re-scored,
+    the ranking key), every row whose key ties or beats the k-th best key has
+    s' >= (k-th best s') - 2 (e + r). Bounds use |q| and the largest |g| (Higham's
+    gamma_D for a length-D float32 dot product, for the candidate score and for the
+    re-score; bfloat16 adds the rounding of both inputs and of the output, accumulation
+    being float32), plus 25% for the rounding of this margin's own arithmetic; a wider
+    margin costs speed (more re-scored rows), never correctness.
+    """
+    dim = queries.shape[1]
+    query_norms = queries.norm(dim=1).double()
+    gallery_norm = float(squared_norms.max().double().sqrt())
+    product = query_norms * gallery_norm  # bounds sum_i |q_i g_i|
+    float32_unit = (dim + 8) * _FLOAT32_UNIT
+    unit = float32_unit + (3 * _BFLOAT16_UNIT + 4 * _BFLOAT16_UNIT**2 if bfloat16 else 0.0)
+    if euclidean:
+        squares = (query_norms + gallery_norm) ** 2  # bounds |q|^2 + |g|^2 + 2 |q||g|
+        candidate_error = 2 * unit * product + float32_unit * squares
+        rescore_error = 2 * float32_unit * squares
+    else:
+        candidate_error = unit * product
+        rescore_error = float32_unit * product
+    # The absolute term covers subnormal inputs, whose rounding is not relative.
+    margin = 2.5 * (candidate_error + rescore_error) + dim * 2.0**-120
+    return margin.float()
+
+
+def _exact_top_k_of(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    candidates: torch.Tensor,
+    counts: torch.Tensor,
+    k: int,
+    *,
+    euclidean: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-score each query's candidates and keep the best k.
+
+    The value of a pair is q.g (or |q - g|) from the stored float32 vectors: float32
+    products (or squared differences) summed along D by one torch reduction per pair, so
+    a pair's value does not depend on which other pairs are scored with it.
+
+    Args:
+        queries: (B, D) float32.
+        gallery: (N, D) float32.
+        candidates: (B, C) int64 gallery rows; only the first ``counts[b]`` of row b count.
+        counts: (B,) candidates per query, each >= k.
+        k: Neighbours to keep.
+
+    Returns:
+        (B, k) float32 values, best first (ties to the lower row number), and (B, k) rows.
+    """
+    dim, width = queries.shape[1], candidates.shape[1]
+    block = max(1, _RESCORE_BLOCK_BYTES // (4 * dim * width))
+    values = torch.empty(candidates.shape, dtype=torch.float32)
+    # One buffer for the gathered rows of every block (fresh ones would page-fault).
+    buffer = torch.empty(min(block, len(queries)) * width, dim)
+    for start in range(0, len(queries), block):
+        rows = slice(start, start + block)
+        count = len(candidates[rows])
+        terms = torch.index_select(
+            gallery, 0, candidates[rows].reshape(-1), out=buffer[: count * width]
+        ).view(count, width, dim)
+        if euclidean:
+            values[rows] = terms.sub_(queries[rows, None, :]).square_().sum(dim=2).sqrt_()
+        else:
+            values[rows] = terms.mul_(queries[rows, None, :]).sum(dim=2)
+    # Best first: highest score or smallest distance, then the lower row number. Slots past
+    # a query's count sort last.
+    padding = torch.arange(candidates.shape[1]) >= counts[:, None]
+    keys = (values if euclidean else values.neg()).masked_fill(padding, torch.inf)
+    _, order = candidates.sort(dim=1, stable=True)
+    _, best = keys.gather(1, order).sort(dim=1, stable=True)
+    chosen = order.gather(1, best[:, :k])
+    return values.gather(1, chosen), candidates.gather(1, chosen)
 
 
 # ---------------------------------------------------------------------- file helpers

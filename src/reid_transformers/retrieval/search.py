@@ -31,7 +31,6 @@ from .index import GalleryIndex
 from .visualization import save_ranked_list
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "PROBE_MIN_SIMILARITY",
     "GallerySearch",
     "PreparedIndex",

@@ -26,7 +26,8 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import PIL.ImageOps
 
-from ..utils import write_atomically
+from ..image_processing_reid import load_image_file, to_rgb_image
+from ..utils import check_int, is_integer, write_atomically
 
 __all__ = [
     "BACKGROUND_COLOR",
@@ -113,8 +114,7 @@ def render_ranked_list(
         TypeError: an image of an unsupported type.
     """
     height, width = _check_tile_size(tile_size)
-    if isinstance(border, bool) or not isinstance(border, numbers.Integral) or border < 0:
-        raise ValueError(f"border must be an integer >= 0 (pixels), got {border!r}")
+    check_int("border", border, minimum=0)
     border = int(border)
     if isinstance(gallery_images, str | os.PathLike | np.ndarray | PIL.Image.Image):
         raise TypeError(
@@ -227,7 +227,7 @@ def _check_tile_size(tile_size: object) -> tuple[int, int]:
         not isinstance(tile_size, Sequence)
         or len(tile_size) != 2
         or not all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in tile_size
+            is_integer(v) and v > 0 for v in tile_size
         )
     ):
         raise ValueError(
@@ -274,41 +274,32 @@ def _check_scores(scores: Sequence[float] | np.ndarray | None, k: int) -> list[f
 
 
 def _to_rgb(image: CropImage, name: str) -> PIL.Image.Image:
-    """An RGB PIL image of a crop; transparency is composited onto white."""
-    if isinstance(image, str | os.PathLike):
-        image = _open(Path(image), name)
-    elif isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or not (
-            image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))
-        ):
-            raise ValueError(
-                f"{name}: arrays must be uint8 (H, W), (H, W, 3) or (H, W, 4); got "
-                f"{image.dtype} {image.shape}"
-            )
-        if image.size == 0:
-            raise ValueError(f"{name}: the array is empty, shape {image.shape}")
-        image = PIL.Image.fromarray(np.ascontiguousarray(image))
-    elif not isinstance(image, PIL.Image.Image):
-        raise TypeError(
-            f"{name} must be a PIL image, a uint8 numpy array or an image file path, got "
-            f"{type(image).__name__}"
-        )
-    if image.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = PIL.Image.new("RGBA", rgba.size, (*BACKGROUND_COLOR, 255))
-        return PIL.Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def _open(path: Path, name: str) -> PIL.Image.Image:
-    if not path.is_file():
-        raise FileNotFoundError(f"{name}: image file {str(path)!r} does not exist")
+    """An RGB PIL image of a crop, converted like the image processor converts it
+    (transparency composited onto white); errors start with ``name``."""
     try:
-        with PIL.Image.open(path) as opened:
-            opened.load()
-            return PIL.ImageOps.exif_transpose(opened)
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
-        raise ValueError(f"{name}: cannot decode image file {str(path)!r}: {error}") from error
+        if isinstance(image, str | os.PathLike):
+            image = load_image_file(image)
+        elif isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or not (
+                image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))
+            ):
+                raise ValueError(
+                    f"arrays must be uint8 (H, W), (H, W, 3) or (H, W, 4); got "
+                    f"{image.dtype} {image.shape}"
+                )
+            if image.size == 0:
+                raise ValueError(f"the array is empty, shape {image.shape}")
+            image = PIL.Image.fromarray(np.ascontiguousarray(image))
+        elif not isinstance(image, PIL.Image.Image):
+            raise TypeError(
+                f"{name} must be a PIL image, a uint8 numpy array or an image file path, got "
+                f"{type(image).__name__}"
+            )
+        return to_rgb_image(image)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from error
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{name}: {error}") from error
 
 
 def _fit(text: str, font: PIL.ImageFont.FreeTypeFont | PIL.ImageFont.ImageFont, width: int) -> str:

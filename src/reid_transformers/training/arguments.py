@@ -11,9 +11,11 @@ from typing import Any
 from transformers import PreTrainedConfig
 
 from ..data import available_datasets
+from ..data.datasets import CUHK03_SPLITS
 from ..hub import CardInputs
 from ..modeling_utils import WEIGHT_DECAY_SCOPES
 from ..models import ARCHITECTURES
+from ..utils import check_choice, check_int, check_positive_number
 from .unfreezing import LR_DECAY_SCHEDULES
 
 _CONFIGS = {config.model_type: config for config, _, _ in ARCHITECTURES}
@@ -21,6 +23,15 @@ _CONFIGS = {config.model_type: config for config, _, _ in ARCHITECTURES}
 OPTIMIZERS = ("sgd", "adam", "adamw")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SAMPLERS = ("pk", "random")
+
+
+
+def _option(default: Any, help_text: str) -> Any:
+    """A field of :class:`ReIDTrainingArguments`: its default and the help its flag shows (a
+    list default is copied for every instance, as ``default_factory`` does)."""
+    if isinstance(default, list):
+        return field(default_factory=default.copy, metadata={"help": help_text})
+    return field(default=default, metadata={"help": help_text})
 
 
 @dataclass
@@ -31,227 +42,147 @@ class ReIDTrainingArguments:
     """
 
     # what to train, on what
-    model: str = field(
-        default="la_transformer",
-        metadata={
-            "help": "architecture (model_type, e.g. la_transformer) or a checkpoint folder / Hub id"
-        },
+    model: str = _option(
+        "la_transformer",
+        "architecture (model_type, e.g. la_transformer) or a checkpoint folder / Hub id",
     )
-    preset: str | None = field(
-        default=None,
-        metadata={
-            "help": "recipe preset: an architecture name (paper recipe) or 'tiny' (CPU minutes)"
-        },
+    preset: str | None = _option(
+        None, "recipe preset: an architecture name (paper recipe) or 'tiny' (CPU minutes)"
     )
-    dataset: str = field(
-        default="synthetic",
-        metadata={
-            "help": "synthetic, market1501, dukemtmc, occluded_duke, msmt17, msmt17_v2, cuhk03_np, "
-            "generic"
-        },
+    dataset: str = _option(
+        "synthetic",
+        "synthetic, market1501, dukemtmc, occluded_duke, msmt17, msmt17_v2, cuhk03_np, generic",
     )
-    data_dir: str | None = field(
-        default=None, metadata={"help": "dataset root (not needed for synthetic)"}
+    data_dir: str | None = _option(None, "dataset root (not needed for synthetic)")
+    dataset_name: str | None = _option(
+        None,
+        "the data's name for the model card: a benchmark (market1501, dukemtmc, occluded_duke, "
+        "msmt17, msmt17_v2, cuhk03_np) or any display name; without it (or --dataset_id) the card "
+        "calls the data a custom dataset in the --dataset layout and names no benchmark (--dataset "
+        "synthetic names itself)",
     )
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "the data's name for the model card: a benchmark (market1501, dukemtmc, "
-            "occluded_duke, msmt17, msmt17_v2, cuhk03_np) or any display name; without it (or "
-            "--dataset_id) the card calls the data a custom dataset in the --dataset layout "
-            "and names no benchmark (--dataset synthetic names itself)"
-        },
+    dataset_id: str | None = _option(
+        None, "the data's Hub dataset id, for the card's metadata (it names the data)"
     )
-    dataset_id: str | None = field(
-        default=None,
-        metadata={"help": "the data's Hub dataset id, for the card's metadata (it names the data)"},
+    cuhk03_split: str = _option("detected", "cuhk03_np: detected or labeled boxes")
+    merge_val: bool = _option(False, "msmt17: add list_val.txt to the train split")
+    output_dir: str = _option("outputs/train", "checkpoints and logs")
+    pretrained_backbone: str | None = _option(
+        None, "ImageNet weights for a new model's backbone (Hub id, folder or timm file)"
     )
-    cuhk03_split: str = field(
-        default="detected", metadata={"help": "cuhk03_np: detected or labeled boxes"}
+    image_size: list[int] | None = _option(
+        None, "input height width, e.g. 256 128 (none: the model's)"
     )
-    merge_val: bool = field(
-        default=False, metadata={"help": "msmt17: add list_val.txt to the train split"}
-    )
-    output_dir: str = field(default="outputs/train", metadata={"help": "checkpoints and logs"})
-    pretrained_backbone: str | None = field(
-        default=None,
-        metadata={
-            "help": "ImageNet weights for a new model's backbone (Hub id, folder or timm file)"
-        },
-    )
-    image_size: list[int] | None = field(
-        default=None, metadata={"help": "input height width, e.g. 256 128 (none: the model's)"}
-    )
-    model_overrides: str | None = field(
-        default=None,
-        metadata={
-            "help": "JSON dict of config fields for a new model, e.g. '{\"hidden_size\": 64}'"
-        },
+    model_overrides: str | None = _option(
+        None, "JSON dict of config fields for a new model, e.g. '{\"hidden_size\": 64}'"
     )
 
     # schedule
-    epochs: int = field(default=30, metadata={"help": "training epochs (ignored with --max_steps)"})
-    max_steps: int = field(
-        default=0,
-        metadata={
-            "help": "stop after this many optimizer steps instead of after --epochs (0: off); "
-            "step-unit schedules then span max_steps"
-        },
+    epochs: int = _option(30, "training epochs (ignored with --max_steps)")
+    max_steps: int = _option(
+        0,
+        "stop after this many optimizer steps instead of after --epochs (0: off); step-unit "
+        "schedules then span max_steps",
     )
-    sampler: str = field(
-        default="pk",
-        metadata={
-            "help": "pk: P identities x K images per batch (needed by triplet losses); random: "
-            "plain shuffled batches of --batch_size (LA-Transformer's released code)"
-        },
+    sampler: str = _option(
+        "pk",
+        "pk: P identities x K images per batch (needed by triplet losses); random: plain shuffled "
+        "batches of --batch_size (LA-Transformer's released code)",
     )
-    identities_per_batch: int = field(default=8, metadata={"help": "P of the P x K batch"})
-    instances_per_identity: int = field(default=4, metadata={"help": "K of the P x K batch"})
-    batch_size: int | None = field(
-        default=None,
-        metadata={"help": "images per batch with --sampler random (none: P x K)"},
+    identities_per_batch: int = _option(8, "P of the P x K batch")
+    instances_per_identity: int = _option(4, "K of the P x K batch")
+    batch_size: int | None = _option(None, "images per batch with --sampler random (none: P x K)")
+    optimizer: str = _option("adam", "sgd, adam or adamw")
+    learning_rate: float = _option(3e-4, "base learning rate of the new layers")
+    trunk_lr_factor: float = _option(
+        1.0, "learning-rate multiplier of the pretrained trunk (e.g. 0.1 for PAN)"
     )
-    optimizer: str = field(default="adam", metadata={"help": "sgd, adam or adamw"})
-    learning_rate: float = field(
-        default=3e-4, metadata={"help": "base learning rate of the new layers"}
+    transformer_lr_factor: float = _option(
+        1.0, "learning-rate multiplier of transformer layers on a CNN trunk (0.5 for HAT)"
     )
-    trunk_lr_factor: float = field(
-        default=1.0,
-        metadata={"help": "learning-rate multiplier of the pretrained trunk (e.g. 0.1 for PAN)"},
+    weight_decay: float = _option(5e-4, "L2 penalty (Adam, SGD) or decoupled decay (AdamW)")
+    weight_decay_scope: str = _option(
+        "weights",
+        "weights: decay matrices and kernels only; all: every parameter incl. biases, norms and "
+        "tokens (the paper presets' reference code)",
     )
-    transformer_lr_factor: float = field(
-        default=1.0,
-        metadata={
-            "help": "learning-rate multiplier of transformer layers on a CNN trunk (0.5 for HAT)"
-        },
+    momentum: float = _option(0.9, "SGD momentum")
+    scheduler: str = _option("cosine", "cosine, multistep or constant")
+    schedule_unit: str = _option("epoch", "epoch or step")
+    warmup: int = _option(
+        0,
+        "linear warm-up from warmup_factor x the rate, counted in warmup_unit; with the epoch unit "
+        "the rate changes once per epoch, so a 1-epoch warm-up runs the whole first epoch at "
+        "warmup_factor x (use warmup_unit step for a smooth ramp)",
     )
-    weight_decay: float = field(
-        default=5e-4, metadata={"help": "L2 penalty (Adam, SGD) or decoupled decay (AdamW)"}
+    warmup_unit: str | None = _option(
+        None, "epoch or step (none: schedule_unit); fast-reid warms up per step"
     )
-    weight_decay_scope: str = field(
-        default="weights",
-        metadata={
-            "help": "weights: decay matrices and kernels only; all: every parameter incl. "
-            "biases, norms and tokens (the paper presets' reference code)"
-        },
+    warmup_factor: float = _option(0.01, "learning-rate multiplier at the start of the warm-up")
+    milestones: list[int] = _option([], "multistep decay points, in schedule_unit")
+    gamma: float = _option(0.1, "multistep decay factor at each milestone")
+    gradient_accumulation_steps: int = _option(1, "batches per optimizer step")
+    max_grad_norm: float | None = _option(
+        None, "clip the gradient norm to this (none: no clipping)"
     )
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
-    scheduler: str = field(default="cosine", metadata={"help": "cosine, multistep or constant"})
-    schedule_unit: str = field(default="epoch", metadata={"help": "epoch or step"})
-    warmup: int = field(
-        default=0,
-        metadata={
-            "help": "linear warm-up from warmup_factor x the rate, counted in warmup_unit; with "
-            "the epoch unit the rate changes once per epoch, so a 1-epoch warm-up runs the "
-            "whole first epoch at warmup_factor x (use warmup_unit step for a smooth ramp)"
-        },
-    )
-    warmup_unit: str | None = field(
-        default=None,
-        metadata={"help": "epoch or step (none: schedule_unit); fast-reid warms up per step"},
-    )
-    warmup_factor: float = field(
-        default=0.01, metadata={"help": "learning-rate multiplier at the start of the warm-up"}
-    )
-    milestones: list[int] = field(
-        default_factory=list, metadata={"help": "multistep decay points, in schedule_unit"}
-    )
-    gamma: float = field(default=0.1, metadata={"help": "multistep decay factor at each milestone"})
-    gradient_accumulation_steps: int = field(
-        default=1, metadata={"help": "batches per optimizer step"}
-    )
-    max_grad_norm: float | None = field(
-        default=None, metadata={"help": "clip the gradient norm to this (none: no clipping)"}
-    )
-    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16"})
-    seed: int = field(
-        default=0, metadata={"help": "seed of the model init, sampling and augmentation"}
-    )
+    mixed_precision: str = _option("no", "no, bf16 or fp16")
+    seed: int = _option(0, "seed of the model init, sampling and augmentation")
 
     # blockwise fine-tuning
-    blockwise_unfreezing: bool = field(
-        default=False,
-        metadata={"help": "train trunk blocks top-down, one more every unfreeze_every epochs"},
+    blockwise_unfreezing: bool = _option(
+        False, "train trunk blocks top-down, one more every unfreeze_every epochs"
     )
-    unfreeze_every: int = field(default=2, metadata={"help": "epochs between two block releases"})
-    lr_decay: float = field(
-        default=0.8,
-        metadata={"help": "blockwise: learning-rate factor per decay (see lr_decay_schedule)"},
+    unfreeze_every: int = _option(2, "epochs between two block releases")
+    lr_decay: float = _option(
+        0.8, "blockwise: learning-rate factor per decay (see lr_decay_schedule)"
     )
-    initially_unfrozen: int = field(
-        default=1, metadata={"help": "blockwise: trunk blocks that train from the first epoch"}
-    )
-    lr_decay_schedule: str = field(
-        default="periodic",
-        metadata={
-            "help": "periodic: x lr_decay at epoch 0 and every unfreeze_every epochs to the end "
-            "(LA-Transformer's code); releases: only when a further block is released"
-        },
+    initially_unfrozen: int = _option(1, "blockwise: trunk blocks that train from the first epoch")
+    lr_decay_schedule: str = _option(
+        "periodic",
+        "periodic: x lr_decay at epoch 0 and every unfreeze_every epochs to the end (LA-"
+        "Transformer's code); releases: only when a further block is released",
     )
 
     # augmentation
-    flip_probability: float = field(default=0.5, metadata={"help": "horizontal flip probability"})
-    crop_padding: int = field(
-        default=10,
-        metadata={"help": "pad by this many pixels, then crop back at a random offset (0: off)"},
+    flip_probability: float = _option(0.5, "horizontal flip probability")
+    crop_padding: int = _option(
+        10, "pad by this many pixels, then crop back at a random offset (0: off)"
     )
-    erasing_probability: float = field(default=0.0, metadata={"help": "random erasing probability"})
-    random_patch_probability: float = field(
-        default=0.0, metadata={"help": "paste a patch of another batch image (fast-reid)"}
+    erasing_probability: float = _option(0.0, "random erasing probability")
+    random_patch_probability: float = _option(
+        0.0, "paste a patch of another batch image (fast-reid)"
     )
-    cutout_probability: float = field(
-        default=0.0, metadata={"help": "zero a --cutout_size square (DeVries and Taylor)"}
-    )
-    cutout_size: int = field(default=16, metadata={"help": "side of the cutout square, pixels"})
+    cutout_probability: float = _option(0.0, "zero a --cutout_size square (DeVries and Taylor)")
+    cutout_size: int = _option(16, "side of the cutout square, pixels")
 
     # evaluation and logging
-    eval_every: int = field(
-        default=1, metadata={"help": "epochs between evaluations (0: at the end only)"}
+    eval_every: int = _option(1, "epochs between evaluations (0: at the end only)")
+    eval_flip: bool = _option(
+        False, "evaluate on the average of each image's and its mirror's embedding"
     )
-    eval_flip: bool = field(
-        default=False,
-        metadata={"help": "evaluate on the average of each image's and its mirror's embedding"},
+    eval_rerank: bool = _option(False, "evaluate with k-reciprocal re-ranking")
+    distance: str = _option("cosine", "cosine or euclidean")
+    num_workers: int = _option(0, "image-decoding processes (0: in the main process)")
+    batch_size_eval: int = _option(64, "images per batch when embedding query and gallery")
+    resume: bool = _option(False, "continue from output_dir/state")
+    overwrite_output_dir: bool = _option(
+        False,
+        "delete the previous run in output_dir (state, best, last, metrics.jsonl, "
+        "training_args.json) and start again; without it such a folder is refused",
     )
-    eval_rerank: bool = field(
-        default=False, metadata={"help": "evaluate with k-reciprocal re-ranking"}
+    max_minutes: float = _option(
+        0.0,
+        "wall-clock budget: stop after the optimizer step that exceeds this many minutes, then "
+        "evaluate and save as at the last epoch (0: off)",
     )
-    distance: str = field(default="cosine", metadata={"help": "cosine or euclidean"})
-    num_workers: int = field(
-        default=0, metadata={"help": "image-decoding processes (0: in the main process)"}
+    push_to_hub: bool = _option(
+        False, "upload the best checkpoint (weights, configs, card) to --hub_model_id"
     )
-    batch_size_eval: int = field(
-        default=64, metadata={"help": "images per batch when embedding query and gallery"}
-    )
-    resume: bool = field(default=False, metadata={"help": "continue from output_dir/state"})
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "delete the previous run in output_dir (state, best, last, metrics.jsonl, "
-            "training_args.json) and start again; without it such a folder is refused"
-        },
-    )
-    max_minutes: float = field(
-        default=0.0,
-        metadata={
-            "help": "wall-clock budget: stop after the optimizer step that exceeds this many "
-            "minutes, then evaluate and save as at the last epoch (0: off)"
-        },
-    )
-    push_to_hub: bool = field(
-        default=False,
-        metadata={"help": "upload the best checkpoint (weights, configs, card) to --hub_model_id"},
-    )
-    hub_model_id: str | None = field(default=None, metadata={"help": "namespace/name on the Hub"})
-    hub_private: bool = field(
-        default=False, metadata={"help": "create the Hub repository as private"}
-    )
-    hub_token: str | None = field(
-        default=None, metadata={"help": "Hub token (none: the one saved by `hf auth login`)"}
-    )
-    report_to: list[str] = field(
-        default_factory=list, metadata={"help": "accelerate trackers, e.g. tensorboard wandb"}
-    )
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    hub_model_id: str | None = _option(None, "namespace/name on the Hub")
+    hub_private: bool = _option(False, "create the Hub repository as private")
+    hub_token: str | None = _option(None, "Hub token (none: the one saved by `hf auth login`)")
+    report_to: list[str] = _option([], "accelerate trackers, e.g. tensorboard wandb")
+    progress: bool = _option(True, "show progress bars")
 
     def __post_init__(self) -> None:
         # Checked here, before any dataset or weights are loaded; with a preset, once it is
@@ -259,8 +190,26 @@ class ReIDTrainingArguments:
         overrides = parse_model_overrides(self.model_overrides)
         if self.model in _CONFIGS and self.preset is None:
             check_model_overrides(_CONFIGS[self.model], overrides)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("cuhk03_split", CUHK03_SPLITS),
+            ("sampler", SAMPLERS),
+            ("weight_decay_scope", WEIGHT_DECAY_SCOPES),
+            ("lr_decay_schedule", LR_DECAY_SCHEDULES),
+            ("mixed_precision", MIXED_PRECISION),
+        ):
+            check_choice(name, getattr(self, name), allowed)
+        for name in (
+            "epochs",
+            "identities_per_batch",
+            "instances_per_identity",
+            "gradient_accumulation_steps",
+            "batch_size_eval",
+        ):
+            check_int(name, getattr(self, name), minimum=1)
+        # 0: train for --epochs.
+        check_int("max_steps", self.max_steps, minimum=0)
+        check_positive_number("learning_rate", self.learning_rate)
         if self.dataset != "synthetic" and self.dataset not in available_datasets():
             raise ValueError(
                 f"unknown dataset {self.dataset!r}; expected 'synthetic' or one of "
@@ -270,48 +219,13 @@ class ReIDTrainingArguments:
         CardInputs(
             dataset_name=self.dataset_name, dataset_id=self.dataset_id, data_layout=self.dataset
         )
-        if self.cuhk03_split not in ("detected", "labeled"):
-            raise ValueError(
-                f"cuhk03_split must be 'detected' or 'labeled', got {self.cuhk03_split!r}"
-            )
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.batch_size is not None:
-            if self.batch_size < 2:
-                raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
+            check_int("batch_size", self.batch_size, minimum=2)
             if self.sampler == "pk":
                 raise ValueError(
                     "batch_size applies to --sampler random; with --sampler pk the batch is "
                     "--identities_per_batch x --instances_per_identity"
                 )
-        if self.weight_decay_scope not in WEIGHT_DECAY_SCOPES:
-            raise ValueError(
-                f"weight_decay_scope must be one of {WEIGHT_DECAY_SCOPES}, got "
-                f"{self.weight_decay_scope!r}"
-            )
-        if self.lr_decay_schedule not in LR_DECAY_SCHEDULES:
-            raise ValueError(
-                f"lr_decay_schedule must be one of {LR_DECAY_SCHEDULES}, got "
-                f"{self.lr_decay_schedule!r}"
-            )
-        if self.max_steps < 0:
-            raise ValueError(f"max_steps must be >= 0 (0: train for --epochs), got "
-                             f"{self.max_steps}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(
-                f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
-            )
-        for name in (
-            "epochs",
-            "identities_per_batch",
-            "instances_per_identity",
-            "gradient_accumulation_steps",
-            "batch_size_eval",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub needs hub_model_id (namespace/name)")
         if self.image_size is not None:

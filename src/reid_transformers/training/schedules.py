@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..utils import check_choice, check_in_range
+
 SCHEDULES = ("cosine", "multistep", "constant")
 UNITS = ("epoch", "step")
 
@@ -44,12 +46,9 @@ class WarmupSchedule:
     def __post_init__(self) -> None:
         if self.warmup_unit is None:
             self.warmup_unit = self.unit
-        if self.warmup_unit not in UNITS:
-            raise ValueError(f"warmup unit must be one of {UNITS}, got {self.warmup_unit!r}")
-        if self.name not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.name!r}")
-        if self.unit not in UNITS:
-            raise ValueError(f"schedule unit must be one of {UNITS}, got {self.unit!r}")
+        check_choice("warmup_unit", self.warmup_unit, UNITS)
+        check_choice("schedule", self.name, SCHEDULES)
+        check_choice("unit", self.unit, UNITS)
         if self.total < 1 or self.warmup < 0 or (
             self.warmup_unit == self.unit and self.warmup > self.total
         ):
@@ -57,8 +56,7 @@ class WarmupSchedule:
                 f"need total >= 1 and 0 <= warmup <= total, got total={self.total}, "
                 f"warmup={self.warmup}"
             )
-        if not 0 < self.warmup_factor <= 1:
-            raise ValueError(f"warmup_factor must be in (0, 1], got {self.warmup_factor}")
+        check_in_range("warmup_factor", self.warmup_factor, 0, 1, low_inclusive=False)
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"milestones must be increasing, got {list(self.milestones)}")
 

@@ -46,7 +46,7 @@ from ..data import (
     make_synthetic_reid,
 )
 from ..evaluation import ReIDMetric
-from ..hub import CardInputs, CheckpointOrigin, push_to_hub, save_card
+from ..hub import CardInputs, CheckpointOrigin, default_model_name, push_to_hub, save_card
 from ..models import ARCHITECTURES
 from ..retrieval.extraction import extract_embeddings
 from ..utils import (
@@ -859,7 +859,10 @@ class ReIDTrainer:
             base_model, initialisation = None, "random"
         epoch = self.state.best_evaluation["epoch"] if kind == "best" else self.state.epoch
         return CardInputs(
-            model_name=self.output_dir.resolve().name,
+            model_name=default_model_name(
+                self.output_dir / kind, self.unwrapped_model.config.model_type,
+                args.dataset_name or args.dataset_id or args.dataset,
+            ),
             dataset_name=args.dataset_name,
             dataset_id=args.dataset_id,
             data_layout=args.dataset,

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..utils import check_choice, check_in_range, check_int
+
 LR_DECAY_SCHEDULES = ("periodic", "releases")
 
 logger = logging.getLogger(__name__)
@@ -50,17 +52,10 @@ class BlockwiseUnfreezing:
     lr_decay_schedule: str = "periodic"
 
     def __post_init__(self) -> None:
-        if self.unfreeze_every < 1:
-            raise ValueError(f"unfreeze_every must be >= 1 epoch, got {self.unfreeze_every}")
-        if not 0 < self.lr_decay <= 1:
-            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
-        if self.initially_unfrozen < 0:
-            raise ValueError(f"initially_unfrozen must be >= 0, got {self.initially_unfrozen}")
-        if self.lr_decay_schedule not in LR_DECAY_SCHEDULES:
-            raise ValueError(
-                f"lr_decay_schedule must be one of {LR_DECAY_SCHEDULES}, got "
-                f"{self.lr_decay_schedule!r}"
-            )
+        check_int("unfreeze_every", self.unfreeze_every, minimum=1)
+        check_in_range("lr_decay", self.lr_decay, 0, 1, low_inclusive=False)
+        check_int("initially_unfrozen", self.initially_unfrozen, minimum=0)
+        check_choice("lr_decay_schedule", self.lr_decay_schedule, LR_DECAY_SCHEDULES)
 
     def trainable_blocks(self, epoch: int, num_blocks: int) -> int:
         """How many blocks (from the top) train during ``epoch`` (0-based)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...configuration_utils import ViTReIDConfig, check_choice, check_range
+from ...configuration_utils import ViTReIDConfig, as_int_tuple
 from .optimal_transport import ASSIGNMENT_METHODS
 
 #: Score-based assignments (``ASSIGNMENT_METHODS``) plus the two fixed ones of Table IV.
@@ -59,49 +59,28 @@ class AAformerConfig(ViTReIDConfig):
     triplet_weight: float | int = 0.5
 
     def __post_init__(self, **kwargs) -> None:
-        granularities = tuple(self.part_granularities)
-        if not granularities or any(
-            isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in granularities
-        ):
-            raise ValueError(
-                f"part_granularities must be positive part counts like (2, 3), got "
-                f"{self.part_granularities!r}"
-            )
-        self.part_granularities = granularities
-        check_choice(self, "assignment", ASSIGNMENTS)
-        if not isinstance(self.parts_visible_to_all, bool):
-            raise ValueError(
-                f"parts_visible_to_all must be a bool, got {self.parts_visible_to_all!r}"
-            )
-        if not isinstance(self.ot_epsilon, (int, float)) or self.ot_epsilon <= 0:
-            raise ValueError(f"ot_epsilon must be > 0, got {self.ot_epsilon!r}")
-        if (
-            isinstance(self.ot_iterations, bool)
-            or not isinstance(self.ot_iterations, int)
-            or self.ot_iterations < 1
-        ):
-            raise ValueError(f"ot_iterations must be an integer >= 1, got {self.ot_iterations!r}")
-        check_range(self, "label_smoothing", 0.0, 1.0, high_inclusive=False)
-        if self.triplet_margin is not None and self.triplet_margin <= 0:
-            raise ValueError(
-                f"triplet_margin must be > 0 or None (soft margin), got {self.triplet_margin!r}"
-            )
-        if self.triplet_weight < 0:
-            raise ValueError(f"triplet_weight must be >= 0, got {self.triplet_weight!r}")
+        self.part_granularities = as_int_tuple(
+            self.part_granularities,
+            "part_granularities",
+            expected="positive part counts like (2, 3)",
+        )
+        self.check_choice("assignment", ASSIGNMENTS)
+        self.check_bool("parts_visible_to_all")
+        self.check_positive_number("ot_epsilon")
+        self.check_positive("ot_iterations")
+        self.check_probability("label_smoothing")
+        self.check_positive_number("triplet_margin", none_means="soft margin")
+        self.check_non_negative("triplet_weight")
         super().__post_init__(**kwargs)
-        if self.assignment == "stripes" and self.num_patch_rows < max(granularities):
+        if self.assignment == "stripes" and self.num_patch_rows < max(self.part_granularities):
             raise ValueError(
                 f"assignment='stripes' needs at least as many patch rows as parts in a group: "
                 f"image_size {self.image_size} has {self.num_patch_rows} rows, "
-                f"part_granularities {granularities} need {max(granularities)}"
+                f"part_granularities {self.part_granularities} need "
+                f"{max(self.part_granularities)}"
             )
 
     @property
     def num_parts(self) -> int:
         """[PART] tokens: the sum of the granularities."""
         return sum(self.part_granularities)
-
-    @property
-    def num_patch_rows(self) -> int:
-        """Patch rows at the configured ``image_size``."""
-        return (self.image_size[0] - self.patch_size) // self.patch_stride + 1

@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...backbones import LoadReport, ViTBackbone, load_vit_pretrained
 from ...losses import batch_hard_triplet_loss, cross_entropy_with_label_smoothing
 from ...modeling_outputs import ReIDModelOutput
-from ...modeling_utils import BNNeck, ReIDPreTrainedModel
+from ...modeling_utils import BNNeck, ViTReIDPreTrainedModel
 from .configuration_aaformer import AAformerConfig
 from .optimal_transport import ASSIGNMENT_METHODS, assign_patches, assignment_mask
 
@@ -128,11 +127,9 @@ def _group_offsets(granularities: tuple[int, ...]) -> list[int]:
     return offsets
 
 
-class AAformerPreTrainedModel(ReIDPreTrainedModel):
+class AAformerPreTrainedModel(ViTReIDPreTrainedModel):
     config_class = AAformerConfig
     base_model_prefix = "aaformer"
-    trunk_parameter_prefixes = ("vit.",)
-    _no_split_modules = ["ViTLayer"]
 
 
 class AAformerModel(AAformerPreTrainedModel):
@@ -153,34 +150,18 @@ class AAformerModel(AAformerPreTrainedModel):
 
     def __init__(self, config: AAformerConfig) -> None:
         super().__init__(config)
-        self.vit = ViTBackbone(config)
         self.part_tokens = nn.Parameter(torch.zeros(1, config.num_parts, config.hidden_size))
         self.necks = nn.ModuleList(
             BNNeck(config.hidden_size, config.num_identities) for _ in range(1 + config.num_parts)
         )
         self.post_init()
 
-    def unfreezable_blocks(self) -> list[nn.Module]:
-        return self.vit.unfreezable_blocks()
-
-    def load_pretrained_backbone(self, source: str, *, strict: bool = True) -> LoadReport:
-        return load_vit_pretrained(self.vit, source, strict=strict)
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        output_part_assignments: bool = False,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> AAformerModelOutput | tuple:
+    def compute_outputs(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None,
+        output_hidden_states: bool, output_attentions: bool,
+        output_part_assignments: bool = False, **kwargs,
+    ) -> AAformerModelOutput:
         config = self.config
-        return_dict, output_hidden_states, output_attentions = self._resolve_output_flags(
-            return_dict, output_hidden_states, output_attentions
-        )
-        self._check_labels(labels, pixel_values.shape[0])
         if output_part_assignments and config.assignment == "none":
             raise ValueError(
                 "output_part_assignments=True needs an assignment of patches to parts; with "
@@ -232,7 +213,7 @@ class AAformerModel(AAformerPreTrainedModel):
             )
             loss = identity + config.triplet_weight * triplet
 
-        output = AAformerModelOutput(
+        return AAformerModelOutput(
             embeddings=embeddings,
             pooler_output=embeddings,
             loss=loss,
@@ -242,7 +223,6 @@ class AAformerModel(AAformerPreTrainedModel):
             attentions=tuple(all_attentions) if all_attentions is not None else None,
             part_assignments=tuple(record) if record is not None else None,
         )
-        return output if return_dict else output.to_tuple()
 
     def _fixed_alignment(
         self, grid: tuple[int, int], num_tokens: int, dtype: torch.dtype, device: torch.device

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from ...configuration_utils import (
-    ATTENTION_SCALES,
-    ResNetReIDConfig,
-    check_choice,
-    check_positive,
-    check_range,
-)
+from ...configuration_utils import ATTENTION_SCALES, ResNetReIDConfig, as_int_tuple
 
 TFC_NORMS = ("pre", "post")
 
@@ -98,8 +92,13 @@ class HATConfig(ResNetReIDConfig):
     aux_lambda: float | int = 0.5
 
     def __post_init__(self, **kwargs) -> None:
-        self.tfc_depths = _int_tuple(self.tfc_depths, "tfc_depths", minimum=0)
-        self.tfc_hidden_sizes = _int_tuple(self.tfc_hidden_sizes, "tfc_hidden_sizes", minimum=4)
+        for name, minimum in (("tfc_depths", 0), ("tfc_hidden_sizes", 4)):
+            value = as_int_tuple(
+                getattr(self, name), name, lengths=(3, 4), minimum=minimum,
+                expected=f"three or four integers >= {minimum} (levels 1-3, or 1-4 with the "
+                "stage-4 map as a fourth level)",
+            )
+            setattr(self, name, value)
         if len(self.tfc_hidden_sizes) != len(self.tfc_depths):
             raise ValueError(
                 f"tfc_hidden_sizes {self.tfc_hidden_sizes} must have one width per level of "
@@ -111,43 +110,18 @@ class HATConfig(ResNetReIDConfig):
             raise ValueError(
                 f"tfc_hidden_sizes must be multiples of 4, got {self.tfc_hidden_sizes}"
             )
-        check_positive(
-            self,
-            "bottleneck_depth",
-            "scale_factor",
-            "tfc_num_heads",
-            "tfc_head_dim",
+        self.check_positive(
+            "bottleneck_depth", "scale_factor", "tfc_num_heads", "tfc_head_dim",
             "tfc_intermediate_size",
         )
-        check_choice(self, "tfc_norm", TFC_NORMS)
-        check_choice(self, "attention_scale", ATTENTION_SCALES)
-        check_range(self, "tfc_dropout", 0.0, 1.0, high_inclusive=False)
-        check_range(self, "tfc_attention_dropout", 0.0, 1.0, high_inclusive=False)
-        if (
-            isinstance(self.tfc_token_init_std, bool)
-            or not isinstance(self.tfc_token_init_std, (int, float))
-            or self.tfc_token_init_std < 0
-        ):
-            raise ValueError(
-                f"tfc_token_init_std must be a number >= 0, got {self.tfc_token_init_std!r}"
-            )
-        if not isinstance(self.neighbourhood_adjustment, bool):
-            raise ValueError(
-                "neighbourhood_adjustment must be True or False, got "
-                f"{self.neighbourhood_adjustment!r}"
-            )
-        check_range(self, "label_smoothing", 0.0, 1.0, high_inclusive=False)
-        check_range(self, "layer_norm_eps", 0.0, 1.0)
-        if self.triplet_margin is not None and self.triplet_margin <= 0:
-            raise ValueError(
-                f"triplet_margin must be > 0 or None (soft margin), got {self.triplet_margin!r}"
-            )
-        if (
-            isinstance(self.aux_lambda, bool)
-            or not isinstance(self.aux_lambda, (int, float))
-            or self.aux_lambda < 0
-        ):
-            raise ValueError(f"aux_lambda must be a number >= 0, got {self.aux_lambda!r}")
+        self.check_choice("tfc_norm", TFC_NORMS)
+        self.check_choice("attention_scale", ATTENTION_SCALES)
+        self.check_activation("tfc_hidden_act")
+        self.check_probability("tfc_dropout", "tfc_attention_dropout", "label_smoothing")
+        self.check_non_negative("tfc_token_init_std", "aux_lambda")
+        self.check_bool("neighbourhood_adjustment")
+        self.check_range("layer_norm_eps", 0.0, 1.0)
+        self.check_positive_number("triplet_margin", none_means="soft margin")
         super().__post_init__(**kwargs)
         # Each level's bottlenecks have inner width C / 4 and must give back C channels.
         odd = [self.stage_channels[level] for level in self.active_levels
@@ -166,15 +140,3 @@ class HATConfig(ResNetReIDConfig):
         """0-based indices of the levels with a TFC (``tfc_depths[s] > 0``)."""
         return tuple(s for s, depth in enumerate(self.tfc_depths) if depth)
 
-
-def _int_tuple(value: object, name: str, minimum: int) -> tuple[int, ...]:
-    """Three or four ints ``>= minimum`` (one per level), or a ValueError naming ``name``."""
-    items = tuple(value) if isinstance(value, (list, tuple)) else ()
-    if len(items) not in (3, 4) or any(
-        isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in items
-    ):
-        raise ValueError(
-            f"{name} must be three or four integers >= {minimum} (levels 1-3, or 1-4 with the "
-            f"stage-4 map as a fourth level), got {value!r}"
-        )
-    return items

@@ -25,7 +25,6 @@ from transformers import initialization as init
 
 from ...backbones import (
     Bottleneck,
-    ResNetBackbone,
     ViTEncoder,
     ViTLayer,
     feature_grid,
@@ -221,7 +220,6 @@ class HATModel(HATPreTrainedModel):
 
     def __init__(self, config: HATConfig) -> None:
         super().__init__(config)
-        self.resnet = ResNetBackbone(config)
         grid = feature_grid(*config.image_size, config.scale_factor)
         levels = config.active_levels
         # Without deep supervision (aux_lambda 0) the auxiliary levels' heads would be
@@ -255,20 +253,11 @@ class HATModel(HATPreTrainedModel):
             key: tfc.embeddings.projection.in_features for key, tfc in self.calibrations.items()
         }
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> ReIDModelOutput | tuple:
+    def compute_outputs(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None,
+        output_hidden_states: bool, output_attentions: bool, **kwargs,
+    ) -> ReIDModelOutput:
         config = self.config
-        return_dict, output_hidden_states, output_attentions = self._resolve_output_flags(
-            return_dict, output_hidden_states, output_attentions
-        )
-        self._check_labels(labels, pixel_values.shape[0])
         stages = self.resnet(pixel_values)
         grid = feature_grid(*pixel_values.shape[-2:], config.scale_factor)
         level_features, attentions = [], []
@@ -300,7 +289,7 @@ class HATModel(HATPreTrainedModel):
             # terms: b, the supervised auxiliary levels (none at aux_lambda 0), the final level.
             loss = terms[0] + terms[-1] + config.aux_lambda * sum(terms[1:-1])
 
-        output = ReIDModelOutput(
+        return ReIDModelOutput(
             embeddings=embeddings,
             pooler_output=embeddings,
             loss=loss,
@@ -309,7 +298,6 @@ class HATModel(HATPreTrainedModel):
             hidden_states=stages if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,
         )
-        return output if return_dict else output.to_tuple()
 
 
 def _channel_preserving_bottleneck(channels: int) -> Bottleneck:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...configuration_utils import ViTReIDConfig, check_choice, check_positive, check_range
+from ...configuration_utils import ViTReIDConfig
 
 CLASSIFIER_ACTIVATIONS = ("none", "relu")
 TEST_FEATURES = ("local", "gelt")
@@ -54,15 +54,13 @@ class LATransformerConfig(ViTReIDConfig):
     classifier_input: str = "gelt"
 
     def __post_init__(self, **kwargs) -> None:
-        check_positive(self, "classifier_hidden_size")
-        check_choice(self, "classifier_activation", CLASSIFIER_ACTIVATIONS)
-        check_choice(self, "test_feature", TEST_FEATURES)
-        check_choice(self, "classification", CLASSIFICATIONS)
-        check_choice(self, "classifier_input", CLASSIFIER_INPUTS)
-        check_range(self, "classifier_dropout", 0.0, 1.0, high_inclusive=False)
-        if isinstance(self.gelt_lambda, bool) or not isinstance(self.gelt_lambda, (int, float)) \
-                or self.gelt_lambda < 0:
-            raise ValueError(f"gelt_lambda must be a number >= 0, got {self.gelt_lambda!r}")
+        self.check_positive("classifier_hidden_size")
+        self.check_choice("classifier_activation", CLASSIFIER_ACTIVATIONS)
+        self.check_choice("test_feature", TEST_FEATURES)
+        self.check_choice("classification", CLASSIFICATIONS)
+        self.check_choice("classifier_input", CLASSIFIER_INPUTS)
+        self.check_probability("classifier_dropout")
+        self.check_non_negative("gelt_lambda")
         if self.classification == "cls":
             # Both ask for row features that the single-classifier baseline never forms.
             for name, row_only in (("classifier_input", "global"), ("test_feature", "gelt")):
@@ -72,8 +70,3 @@ class LATransformerConfig(ViTReIDConfig):
                         f"got classification='cls'"
                     )
         super().__post_init__(**kwargs)
-
-    @property
-    def num_rows(self) -> int:
-        """Patch rows at the configured ``image_size``: one classifier each."""
-        return (self.image_size[0] - self.patch_size) // self.patch_stride + 1

@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from ...backbones import LoadReport, ViTBackbone, load_vit_pretrained
 from ...modeling_outputs import ReIDModelOutput
-from ...modeling_utils import ReIDPreTrainedModel
+from ...modeling_utils import ViTReIDPreTrainedModel
 from .configuration_la_transformer import LATransformerConfig
 
 
@@ -42,11 +41,9 @@ class LATransformerClassifier(nn.Module):
         )
 
 
-class LATransformerPreTrainedModel(ReIDPreTrainedModel):
+class LATransformerPreTrainedModel(ViTReIDPreTrainedModel):
     config_class = LATransformerConfig
     base_model_prefix = "la_transformer"
-    trunk_parameter_prefixes = ("vit.",)
-    _no_split_modules = ["ViTLayer"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -91,11 +88,10 @@ class LATransformerModel(LATransformerPreTrainedModel):
 
     def __init__(self, config: LATransformerConfig) -> None:
         super().__init__(config)
-        self.vit = ViTBackbone(config)
         has_heads = bool(config.num_identities)
         per_row = config.classification == "rows"
         self.row_classifiers = (
-            nn.ModuleList(LATransformerClassifier(config) for _ in range(config.num_rows))
+            nn.ModuleList(LATransformerClassifier(config) for _ in range(config.num_patch_rows))
             if has_heads and per_row
             else None
         )
@@ -104,25 +100,10 @@ class LATransformerModel(LATransformerPreTrainedModel):
         )
         self.post_init()
 
-    def unfreezable_blocks(self) -> list[nn.Module]:
-        return self.vit.unfreezable_blocks()
-
-    def load_pretrained_backbone(self, source: str, *, strict: bool = True) -> LoadReport:
-        return load_vit_pretrained(self.vit, source, strict=strict)
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> ReIDModelOutput | tuple:
-        return_dict, output_hidden_states, output_attentions = self._resolve_output_flags(
-            return_dict, output_hidden_states, output_attentions
-        )
-        self._check_labels(labels, pixel_values.shape[0])
+    def compute_outputs(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None,
+        output_hidden_states: bool, output_attentions: bool, **kwargs,
+    ) -> ReIDModelOutput:
         backbone = self.vit(
             pixel_values,
             output_hidden_states=output_hidden_states,
@@ -143,11 +124,12 @@ class LATransformerModel(LATransformerPreTrainedModel):
                 raise ValueError(
                     "labels were given but the model has no row classifiers for this input: "
                     f"num_identities={self.config.num_identities}, {len(features)} patch rows "
-                    f"vs {self.config.num_rows} configured (image_size={self.config.image_size})"
+                    f"vs {self.config.num_patch_rows} configured "
+                    f"(image_size={self.config.image_size})"
                 )
             loss = sum(F.cross_entropy(head_logits.float(), labels) for head_logits in logits)
 
-        output = ReIDModelOutput(
+        return ReIDModelOutput(
             embeddings=embeddings,
             pooler_output=embeddings,
             loss=loss,
@@ -156,7 +138,6 @@ class LATransformerModel(LATransformerPreTrainedModel):
             hidden_states=backbone.hidden_states,
             attentions=backbone.attentions,
         )
-        return output if return_dict else output.to_tuple()
 
     def _row_heads(
         self, cls: torch.Tensor, row_means: torch.Tensor
@@ -194,6 +175,6 @@ class LATransformerModel(LATransformerPreTrainedModel):
         if logits is None:
             raise ValueError(
                 "predict_identity needs the row classifiers: num_identities must be > 0 and "
-                f"the input must have {self.config.num_rows} patch rows"
+                f"the input must have {self.config.num_patch_rows} patch rows"
             )
         return torch.stack([head.softmax(-1) for head in logits]).sum(0).argmax(-1)

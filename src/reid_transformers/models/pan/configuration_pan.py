@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...configuration_utils import ResNetReIDConfig, check_choice, check_positive, check_range
+from ...configuration_utils import ResNetReIDConfig, as_int_tuple
 
 FUSIONS = ("concat", "add")
 PART_MASKS = ("learned", "stripes")
@@ -80,30 +80,18 @@ class PANConfig(ResNetReIDConfig):
     orthogonal_weight: float | int = 1e-3
 
     def __post_init__(self, **kwargs) -> None:
-        scales = tuple(self.part_scales)
-        if not scales or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
-                             for s in scales):
-            raise ValueError(f"part_scales must be positive part counts like (1, 2, 3), got "
-                             f"{self.part_scales!r}")
-        self.part_scales = scales
-        check_positive(self, "spatial_hidden_size", "channel_reduction",
-                       "embedding_size")
+        self.part_scales = as_int_tuple(
+            self.part_scales, "part_scales", expected="positive part counts like (1, 2, 3)"
+        )
+        self.check_positive("spatial_hidden_size", "channel_reduction", "embedding_size")
         self.pam_dim = self._checked_pam_dim(self.pam_dim)
-        check_choice(self, "part_masks", PART_MASKS)
-        check_choice(self, "channel_attention", CHANNEL_ATTENTIONS)
-        check_choice(self, "fusion", FUSIONS)
-        if not isinstance(self.part_aware_attention, bool):
-            raise ValueError(
-                f"part_aware_attention must be True or False, got {self.part_aware_attention!r}"
-            )
-        check_range(self, "label_smoothing", 0.0, 1.0, high_inclusive=False)
-        if self.triplet_margin is not None and self.triplet_margin <= 0:
-            raise ValueError(
-                f"triplet_margin must be > 0 or None (soft margin), got {self.triplet_margin!r}"
-            )
-        for name in ("triplet_weight", "orthogonal_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        self.check_choice("part_masks", PART_MASKS)
+        self.check_choice("channel_attention", CHANNEL_ATTENTIONS)
+        self.check_choice("fusion", FUSIONS)
+        self.check_bool("part_aware_attention")
+        self.check_probability("label_smoothing")
+        self.check_positive_number("triplet_margin", none_means="soft margin")
+        self.check_non_negative("triplet_weight", "orthogonal_weight")
         super().__post_init__(**kwargs)
         if min(self.image_size) < 32:
             raise ValueError(f"image_size {self.image_size} is below the trunk's 32-pixel stride")
@@ -112,17 +100,12 @@ class PANConfig(ResNetReIDConfig):
     def _checked_pam_dim(value: object) -> int | tuple[int, ...]:
         """An int stays an int (as written in config.json); a list or tuple (a JSON list when
         loaded) becomes a tuple of ``NUM_PAM_LEVELS`` ints."""
-        def positive(v: object) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-        if positive(value):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
             return value
-        if isinstance(value, (list, tuple)) and len(value) == NUM_PAM_LEVELS \
-                and all(positive(v) for v in value):
-            return tuple(value)
-        raise ValueError(
-            f"pam_dim must be a positive integer or {NUM_PAM_LEVELS} of them (one per trunk "
-            f"stage 1-3, e.g. (256, 512, 1024)), got {value!r}"
+        return as_int_tuple(
+            value, "pam_dim", lengths=(NUM_PAM_LEVELS,),
+            expected=f"a positive integer or {NUM_PAM_LEVELS} of them (one per trunk stage "
+            "1-3, e.g. (256, 512, 1024))",
         )
 
     @property

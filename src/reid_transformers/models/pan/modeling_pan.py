@@ -14,9 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...backbones import (
-    ResNetBackbone,
-)
 from ...losses import batch_hard_triplet_loss, cross_entropy_with_label_smoothing
 from ...modeling_outputs import ReIDModelOutput
 from ...modeling_utils import BNNeck, ResNetReIDPreTrainedModel
@@ -219,7 +216,6 @@ class PANModel(PANPreTrainedModel):
 
     def __init__(self, config: PANConfig) -> None:
         super().__init__(config)
-        self.resnet = ResNetBackbone(config)
         self.part_learning = PartFeatureLearning(config)
         part_channels, level_channels = config.stage_channels[-1], config.stage_channels[:3]
         self.part_attention = None
@@ -247,20 +243,13 @@ class PANModel(PANPreTrainedModel):
         )
         self.post_init()
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_part_masks: bool = False,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> PANModelOutput | tuple:
+    def compute_outputs(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None,
+        output_hidden_states: bool, output_attentions: bool,
+        output_part_masks: bool = False, **kwargs,
+    ) -> PANModelOutput:
+        """``output_attentions`` is ignored: PAN has no attention weights."""
         config = self.config
-        return_dict, output_hidden_states, _ = self._resolve_output_flags(
-            return_dict, output_hidden_states, False
-        )
-        self._check_labels(labels, pixel_values.shape[0])
         stages = self.resnet(pixel_values)  # X1..X4
         parts, masks = self.part_learning(stages[-1])  # (B, P, 2048), per scale (B, k, h, w)
         fused = parts
@@ -295,7 +284,7 @@ class PANModel(PANPreTrainedModel):
             if config.part_masks == "learned":
                 loss = loss + config.orthogonal_weight * orthogonality_loss(masks)
 
-        output = PANModelOutput(
+        return PANModelOutput(
             embeddings=embeddings,
             pooler_output=embeddings,
             loss=loss,
@@ -304,4 +293,3 @@ class PANModel(PANPreTrainedModel):
             hidden_states=stages if output_hidden_states else None,
             part_masks=masks if output_part_masks else None,
         )
-        return output if return_dict else output.to_tuple()

@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 from ...backbones.resnet import feature_grid
-from ...configuration_utils import (
-    ATTENTION_SCALES,
-    ResNetReIDConfig,
-    check_choice,
-    check_positive,
-    check_range,
-)
+from ...configuration_utils import ResNetReIDConfig, TransformerReIDConfig
 
 #: Attention of the Part Aggregation Transformer.
 ATTENTIONS = ("linear", "full")
@@ -17,7 +11,7 @@ ATTENTIONS = ("linear", "full")
 POSITION_ENCODINGS = ("sine+learned", "sine", "learned", "none")
 
 
-class PRCTConfig(ResNetReIDConfig):
+class PRCTConfig(ResNetReIDConfig, TransformerReIDConfig):
     """PRCT: a ResNet trunk (ResNet-50 by default) whose stage-4 cells are part tokens,
     aggregated by a Linformer-style transformer into a learnable embedding token.
 
@@ -83,21 +77,18 @@ class PRCTConfig(ResNetReIDConfig):
         triplet_margin: batch-hard triplet margin, 0.3 [paper: fast-reid's recipe]; ``None``
             for the soft margin.
         triplet_weight: weight of the triplet term, 1 [our choice: fast-reid's default].
+
+    Other fields: see `ResNetReIDConfig` and `TransformerReIDConfig` (``activation_dropout``
+    0, no dropout after the feed-forward activation [our choice, as ViT]).
     """
 
     model_type = "prct"
 
     hidden_size: int = 2048
-    num_hidden_layers: int = 12
     num_attention_heads: int = 8
     intermediate_size: int = 2048
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-6
-    qkv_bias: bool = True
     hidden_dropout_prob: float | int = 0.1
     attention_probs_dropout_prob: float | int = 0.1
-    drop_path_rate: float | int = 0.0
-    attention_scale: str = "head_dim"
     attention: str = "linear"
     linformer_k: int = 64
     share_kv_projection: bool = False
@@ -108,49 +99,21 @@ class PRCTConfig(ResNetReIDConfig):
     embedding_projection_size: int | None = None
 
     def __post_init__(self, **kwargs) -> None:
-        for name in ("qkv_bias", "share_kv_projection"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        check_positive(
-            self,
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "linformer_k",
-        )
-        check_choice(self, "attention", ATTENTIONS)
-        check_choice(self, "attention_scale", ATTENTION_SCALES)
-        check_choice(self, "position_encoding", POSITION_ENCODINGS)
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                f"({self.num_attention_heads})"
-            )
+        self.check_bool("share_kv_projection")
+        self.check_positive("linformer_k")
+        self.check_choice("attention", ATTENTIONS)
+        self.check_choice("position_encoding", POSITION_ENCODINGS)
+        self.check_probability("label_smoothing")
+        self.check_positive_number("triplet_margin", none_means="soft margin")
+        self.check_non_negative("triplet_weight")
+        if self.embedding_projection_size is not None:
+            self.check_positive("embedding_projection_size")
+        super().__post_init__(**kwargs)
         if self.uses_sine_encoding and self.hidden_size % 4:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by 4 for the 2-D "
                 f"sine-cosine position code (position_encoding={self.position_encoding!r})"
             )
-        if not isinstance(self.hidden_act, str):
-            raise ValueError(f"hidden_act must be an activation name, got {self.hidden_act!r}")
-        for name in (
-            "hidden_dropout_prob",
-            "attention_probs_dropout_prob",
-            "drop_path_rate",
-            "label_smoothing",
-        ):
-            check_range(self, name, 0.0, 1.0, high_inclusive=False)
-        check_range(self, "layer_norm_eps", 0.0, 1.0)
-        if self.triplet_margin is not None and not self.triplet_margin > 0:
-            raise ValueError(
-                f"triplet_margin must be > 0 or None (soft margin), got {self.triplet_margin!r}"
-            )
-        if not self.triplet_weight >= 0:
-            raise ValueError(f"triplet_weight must be >= 0, got {self.triplet_weight!r}")
-        if self.embedding_projection_size is not None:
-            check_positive(self, "embedding_projection_size")
-        super().__post_init__(**kwargs)
         if min(self.image_size) < self.trunk_stride:
             raise ValueError(
                 f"image_size {self.image_size} is below the trunk's {self.trunk_stride}-pixel "

@@ -51,7 +51,6 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput
 
-from ...backbones import ResNetBackbone
 from ...backbones.vit import (
     ViTEncoder,
     ViTLayer,
@@ -62,17 +61,6 @@ from ...losses import batch_hard_triplet_loss, cross_entropy_with_label_smoothin
 from ...modeling_outputs import ReIDModelOutput
 from ...modeling_utils import BNNeck, ResNetReIDPreTrainedModel
 from .configuration_prct import PRCTConfig
-
-__all__ = [
-    "LinformerSelfAttention",
-    "PRCTLayer",
-    "PRCTModel",
-    "PRCTPartEmbeddings",
-    "PRCTPreTrainedModel",
-    "PartAggregationTransformer",
-    "resize_sequence_projection",
-    "sincos_position_encoding_2d",
-]
 
 Grid = tuple[int, int]
 
@@ -389,7 +377,6 @@ class PRCTModel(PRCTPreTrainedModel):
 
     def __init__(self, config: PRCTConfig) -> None:
         super().__init__(config)
-        self.resnet = ResNetBackbone(config)
         self.embeddings = PRCTPartEmbeddings(config)
         self.transformer = PartAggregationTransformer(config)
         self.embedding_projection = (
@@ -400,20 +387,11 @@ class PRCTModel(PRCTPreTrainedModel):
         self.neck = BNNeck(config.embedding_size, config.num_identities)
         self.post_init()
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> ReIDModelOutput | tuple:
+    def compute_outputs(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None,
+        output_hidden_states: bool, output_attentions: bool, **kwargs,
+    ) -> ReIDModelOutput:
         config = self.config
-        return_dict, output_hidden_states, output_attentions = self._resolve_output_flags(
-            return_dict, output_hidden_states, output_attentions
-        )
-        self._check_labels(labels, pixel_values.shape[0])
         feature_map = self.resnet(pixel_values)[-1]  # (B, C_4, rows, cols)
         grid = (int(feature_map.shape[-2]), int(feature_map.shape[-1]))
         encoded = self.transformer(
@@ -437,7 +415,7 @@ class PRCTModel(PRCTPreTrainedModel):
                 feature, labels, config.triplet_margin
             )
 
-        output = ReIDModelOutput(
+        return ReIDModelOutput(
             embeddings=embeddings,
             pooler_output=embeddings,
             loss=loss,
@@ -446,4 +424,3 @@ class PRCTModel(PRCTPreTrainedModel):
             hidden_states=encoded.hidden_states,
             attentions=encoded.attentions,
         )
-        return output if return_dict else output.to_tuple()
