@@ -426,8 +426,9 @@ difference and cosine, printed; --atol / --min-cosine make a mismatch an error, 
 --quantize int8, whose rounding never meets them). Needs the onnx extra:
 pip install 'reid-transformers[onnx]'.
 
-examples:
+example:
   reid-transformers export --model runs/la-market/best --output la-market.onnx
+and its int8 version:
   reid-transformers export --model runs/la-market/best --output la-int8.onnx --quantize int8
 """
 
