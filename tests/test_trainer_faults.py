@@ -24,9 +24,11 @@ from reid_transformers import hub as hub_module
 from reid_transformers import utils
 from reid_transformers.data import load_reid_dataset, make_synthetic_reid
 from reid_transformers.training import ReIDTrainer
+from reid_transformers.training import state as state_module
 from reid_transformers.training import trainer as trainer_module
 
 from .test_trainer import arguments, crash_in_second_epoch
+from .test_training_state import PicklePayload
 
 RUN_FILES = ["best", "last", "metrics.jsonl", "state", "training_args.json"]
 
@@ -121,15 +123,6 @@ def test_a_resumed_run_logs_every_epoch_once(tmp_path, data, monkeypatch):
 
 
 # ------------------------------------------------------------------ never unpickle
-class _Payload:
-    """Unpickling this creates ``marker``: proof that a pickle was loaded."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
 
 ACCELERATE_PICKLES = ["custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl",
                       "random_states_0.pkl", "optimizer.bin", "scheduler.bin", "sampler.bin",
@@ -146,7 +139,7 @@ def test_a_tampered_pickle_in_state_is_never_executed(tmp_path, data, monkeypatc
     _interrupted_run(tmp_path / "run", data, monkeypatch)
     marker = tmp_path / "executed"
     for name in tampered:
-        (tmp_path / "run" / "state" / name).write_bytes(pickle.dumps(_Payload(marker)))
+        (tmp_path / "run" / "state" / name).write_bytes(pickle.dumps(PicklePayload(marker)))
     try:
         ReIDTrainer(arguments(tmp_path / "run", eval_every=0, resume=True), data=data).train()
     finally:  # checked first: a resume that fails after running the pickle still ran it
@@ -162,7 +155,7 @@ def test_a_state_in_accelerate_pickles_is_refused_unread(tmp_path, data, monkeyp
     marker = tmp_path / "executed"
     save_file({"weight": torch.zeros(1)}, state / "model.safetensors")
     for name in ACCELERATE_PICKLES[:3] + ["optimizer.bin"]:
-        (state / name).write_bytes(pickle.dumps(_Payload(marker)))
+        (state / name).write_bytes(pickle.dumps(PicklePayload(marker)))
     with pytest.raises(ValueError, match=r"state.* lacks trainer_state.json.*pickles.*not loaded"):
         ReIDTrainer(arguments(tmp_path, eval_every=0, resume=True), data=data).train()
     assert not marker.exists()
@@ -272,7 +265,7 @@ def _install_kill(point: str) -> None:
     staging = f".{folder}.staging"
     counter: dict[str, int] = {}
     if stage == "write":  # state/: the model is written to staging, the optimizer is next
-        real_save_file = trainer_module.save_file
+        real_save_file = state_module.save_file
 
         def save_file(tensors, path, *args, **kwargs):
             if Path(path).parent.name == staging and Path(path).name == "optimizer.safetensors":
@@ -280,7 +273,7 @@ def _install_kill(point: str) -> None:
                     _die()
             return real_save_file(tensors, path, *args, **kwargs)
 
-        trainer_module.save_file = save_file
+        state_module.save_file = save_file
     elif stage == "card":  # weights and configs staged, the model card is being written
         real_card = hub_module.save_model_card
 

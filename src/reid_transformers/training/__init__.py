@@ -1,8 +1,10 @@
-"""Training: the Accelerate trainer, its arguments and presets, schedules, unfreezing."""
+"""Training: the Accelerate trainer, its resumable state, arguments and presets, schedules,
+unfreezing."""
 
 from .arguments import PRESETS, ReIDTrainingArguments, apply_preset, parse_arguments
 from .schedules import WarmupSchedule
-from .trainer import ReIDTrainer, TrainerState, build_model_and_processor, load_training_data
+from .state import TrainerState
+from .trainer import ReIDTrainer, build_model_and_processor, load_training_data
 from .unfreezing import BlockwiseUnfreezing
 
 __all__ = [

@@ -15,25 +15,20 @@ safetensors and JSON, never a pickle.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import logging
 import math
-import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from datasets import DatasetDict
-from safetensors.torch import load_file, load_model, save_file, save_model
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
@@ -51,7 +46,6 @@ from ..models import ARCHITECTURES
 from ..retrieval.extraction import extract_embeddings
 from ..utils import (
     fsync_directory,
-    fsync_file,
     recover_directory,
     replace_directory,
     staging_directory,
@@ -60,6 +54,16 @@ from ..utils import (
 )
 from .arguments import ReIDTrainingArguments, check_model_overrides, parse_model_overrides
 from .schedules import WarmupSchedule
+from .state import (
+    STATE_DIR,
+    TrainerState,
+    load_model_and_optimizer,
+    load_random_states,
+    load_trainer_state,
+    save_model_and_optimizer,
+    save_random_states,
+    save_trainer_state,
+)
 from .unfreezing import BlockwiseUnfreezing
 
 logger = logging.getLogger(__name__)
@@ -69,48 +73,15 @@ _CONFIGS = {config.model_type: config for config, _, _ in ARCHITECTURES}
 
 #: Folders and files of ``output_dir`` that belong to a run (the tracker folder is where
 #: ``--report_to tensorboard`` logs).
-STATE_DIR = "state"
 METRICS_FILE = "metrics.jsonl"
 ARGUMENTS_FILE = "training_args.json"
 TRACKER_PROJECT = "reid_transformers"
 RUN_ENTRIES = ("best", "last", STATE_DIR, METRICS_FILE, ARGUMENTS_FILE, TRACKER_PROJECT)
-#: Version of the ``state/`` layout (see :meth:`ReIDTrainer._save_state`).
-STATE_FORMAT = 1
-#: What ``accelerate``'s ``save_state`` wrote into ``state/`` before: pickles, never loaded.
-_PICKLE_SUFFIXES = (".pkl", ".bin", ".pt", ".pth")
 #: Arguments a resumed run may change without changing what it computes.
 _RESUME_ONLY_ARGUMENTS = {
     "resume", "overwrite_output_dir", "max_minutes", "progress", "num_workers", "report_to",
     "push_to_hub", "hub_model_id", "hub_private",
 }
-
-
-@dataclass
-class TrainerState:
-    """What a resumed run needs beyond model, optimizer and RNG states (saved as JSON).
-
-    ``best_evaluation`` and ``last_evaluation`` are ``{"epoch", "step", "metrics"}`` of the
-    evaluation that chose ``best/`` and of the latest one (epoch 0: the checkpoint a run
-    fine-tunes, before training).
-    """
-
-    epoch: int = 0  # epochs completed
-    global_step: int = 0
-    best_map: float = -1.0
-    best_evaluation: dict[str, Any] | None = None
-    last_evaluation: dict[str, Any] | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable copy of every field."""
-        return dataclasses.asdict(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.epoch = int(state["epoch"])
-        self.global_step = int(state["global_step"])
-        self.best_map = float(state["best_map"])
-        self.best_evaluation = state.get("best_evaluation")
-        self.last_evaluation = state.get("last_evaluation")
 
 
 def load_training_data(
@@ -687,40 +658,23 @@ class ReIDTrainer:
 
     # ------------------------------------------------------------------ resumable state
     def _save_state(self) -> None:
-        """Write ``state/`` to ``.state.staging`` and swap it in whole, so the previous state
-        stays until the new one is complete. Files (no pickle anywhere):
-
-        - ``model.safetensors``: the model's weights;
-        - ``optimizer.safetensors`` + ``optimizer.json``: the optimizer's tensors and the
-          rest of its state dict (parameter groups, numbers);
-        - ``rng-<rank>.safetensors`` + ``rng-<rank>.json``: every rank's torch (CPU, CUDA),
-          augmentation, numpy and Python random states;
-        - ``trainer_state.json``, written last: epochs, steps, evaluations, the accumulation
-          counter and the fp16 loss scaler.
-        """
+        """Write ``state/`` (the files are listed in :mod:`.state`) to ``.state.staging`` and
+        swap it in whole, so the previous state stays until the new one is complete; every
+        rank writes its random states, the main process the rest, ``trainer_state.json``
+        last."""
         target = self.output_dir / STATE_DIR
         staging = target.with_name(f".{STATE_DIR}.staging")
         if self.accelerator.is_main_process:
             staging_directory(target)
         self.accelerator.wait_for_everyone()
-        rank = self.accelerator.process_index
-        tensors, values = self._random_states()
-        save_file(tensors, staging / f"rng-{rank}.safetensors")
-        fsync_file(staging / f"rng-{rank}.safetensors")
-        _write_json(staging / f"rng-{rank}.json", values)
+        save_random_states(staging, self.accelerator.process_index, self.augment)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            save_model(self.unwrapped_model, str(staging / "model.safetensors"))
-            fsync_file(staging / "model.safetensors")
-            tensors, values = _split_optimizer_state(self.optimizer.state_dict())
-            save_file(tensors, staging / "optimizer.safetensors")
-            fsync_file(staging / "optimizer.safetensors")
-            _write_json(staging / "optimizer.json", values)
+            save_model_and_optimizer(staging, self.unwrapped_model, self.optimizer)
             scaler = self.accelerator.scaler
-            _write_json(
-                staging / "trainer_state.json",
+            save_trainer_state(
+                staging,
                 {
-                    "format_version": STATE_FORMAT,
                     **self.state.state_dict(),
                     "accumulation_step": self.accelerator.step,
                     "num_processes": self.accelerator.num_processes,
@@ -745,28 +699,9 @@ class ReIDTrainer:
                     else "train without --resume to start a run"
                 )
             )
-        _check_state_files(directory)
-        saved = _read_state_file(directory / "trainer_state.json", _read_json)
-        if saved.get("format_version") != STATE_FORMAT:
-            raise ValueError(
-                f"{directory / 'trainer_state.json'} has format_version "
-                f"{saved.get('format_version')!r}; this version reads {STATE_FORMAT}"
-            )
+        saved = load_trainer_state(directory)
         self.state.load_state_dict(saved)
-        model = self.unwrapped_model
-        # The parameters' own device: accelerate's may read "cpu:0", which safetensors refuses.
-        device = str(next(model.parameters()).device)
-        _read_state_file(
-            directory / "model.safetensors", lambda path: load_model(model, path, device=device)
-        )
-        tensors = _read_state_file(directory / "optimizer.safetensors", load_file)
-        values = _read_state_file(directory / "optimizer.json", _read_json)
-        _read_state_file(
-            directory / "optimizer.safetensors",
-            lambda _: self.optimizer.load_state_dict(
-                _join_optimizer_state(tensors, values, self.optimizer.state_dict())
-            ),
-        )
+        load_model_and_optimizer(directory, self.unwrapped_model, self.optimizer)
         self.accelerator.step = int(saved["accumulation_step"])
         if saved["scaler"] is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(saved["scaler"])
@@ -775,23 +710,9 @@ class ReIDTrainer:
             self._truncate_log()
         self.accelerator.wait_for_everyone()
 
-    def _random_states(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            for index, state in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"cuda.{index}"] = state
-        for device, state in self.augment.state_dict().items():
-            tensors[f"augment.{device}"] = state
-        kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-        tensors["numpy"] = torch.from_numpy(keys.astype(np.int64))
-        version, internal, gauss_next = random.getstate()
-        values = {
-            "numpy": [kind, int(position), int(has_gauss), float(cached_gaussian)],
-            "python": [version, list(internal), gauss_next],
-        }
-        return tensors, values
-
     def _load_random_states(self, directory: Path, saved_processes: int) -> None:
+        """This rank's saved random states; a rank the saved run did not have keeps its fresh
+        seeds."""
         rank = self.accelerator.process_index
         if saved_processes != self.accelerator.num_processes:
             logger.warning(
@@ -801,27 +722,8 @@ class ReIDTrainer:
                 saved_processes,
                 self.accelerator.num_processes,
             )
-        path = directory / f"rng-{rank}.safetensors"
-        if rank >= saved_processes:
-            return  # a rank the saved run did not have keeps its fresh seeds
-        tensors = _read_state_file(path, load_file)
-        values = _read_state_file(directory / f"rng-{rank}.json", _read_json)
-        torch.set_rng_state(tensors["torch"])
-        cuda = [tensors[f"cuda.{i}"] for i in range(torch.cuda.device_count())
-                if f"cuda.{i}" in tensors]
-        if cuda and len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-        self.augment.load_state_dict(
-            {name.removeprefix("augment."): state for name, state in tensors.items()
-             if name.startswith("augment.")}
-        )
-        kind, position, has_gauss, cached_gaussian = values["numpy"]
-        np.random.set_state(
-            (kind, tensors["numpy"].numpy().astype(np.uint32), position, has_gauss,
-             cached_gaussian)
-        )
-        version, internal, gauss_next = values["python"]
-        random.setstate((version, tuple(internal), gauss_next))
+        if rank < saved_processes:
+            load_random_states(directory, rank, self.augment)
 
     # ------------------------------------------------------------------ saving
     def save_checkpoint(self, directory: Path, metrics: dict[str, Any]) -> Path | None:
@@ -926,80 +828,3 @@ class ReIDTrainer:
             }
         return recipe
 
-
-def _write_json(path: Path, values: Any) -> None:
-    text = json.dumps(values, indent=2) + "\n"
-    write_atomically(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def _read_state_file(path: Path, read):
-    """``read(path)``, with an error that names the file if it is damaged."""
-    try:
-        return read(path)
-    except Exception as error:
-        raise ValueError(
-            f"{path} cannot be loaded ({type(error).__name__}: {error}); the saved state is "
-            "damaged or from other model or optimizer settings: resume with the run's own "
-            "arguments, or start again with --overwrite_output_dir"
-        ) from error
-
-
-def _check_state_files(directory: Path) -> None:
-    """A ``state/`` must hold the files :meth:`ReIDTrainer._save_state` writes; one written
-    by accelerate's ``save_state`` (older versions) holds pickles, which are never loaded."""
-    names = {path.name for path in directory.iterdir()}
-    required = ["trainer_state.json", "model.safetensors", "optimizer.safetensors",
-                "optimizer.json", "rng-0.safetensors", "rng-0.json"]
-    missing = [name for name in required if name not in names]
-    if not missing:
-        return
-    pickles = sorted(name for name in names if name.endswith(_PICKLE_SUFFIXES))
-    if pickles:
-        raise ValueError(
-            f"{directory} lacks {', '.join(missing)}: it was saved by an older version of "
-            f"reid_transformers through accelerate, whose pickles ({', '.join(pickles)}) are "
-            "not loaded, because unpickling a file can run any code; start the run again with "
-            "--overwrite_output_dir"
-        )
-    raise ValueError(
-        f"{directory} is incomplete: it lacks {', '.join(missing)}; start the run again with "
-        "--overwrite_output_dir"
-    )
-
-
-def _split_optimizer_state(
-    state: dict[str, Any],
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An optimizer state dict as tensors (``"<param index>.<name>"``) for safetensors and
-    everything else (parameter groups, numbers) for JSON."""
-    tensors: dict[str, torch.Tensor] = {}
-    other: dict[str, dict[str, Any]] = {}
-    for index, values in state["state"].items():
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{name}"] = value.contiguous()
-            else:
-                other.setdefault(str(index), {})[name] = value
-    return tensors, {"param_groups": state["param_groups"], "state": other}
-
-
-def _join_optimizer_state(
-    tensors: dict[str, torch.Tensor], values: dict[str, Any], current: dict[str, Any]
-) -> dict[str, Any]:
-    """Inverse of :func:`_split_optimizer_state`; JSON turned tuples (Adam's betas) into
-    lists, which go back to the type the optimizer holds now."""
-    state: dict[int, dict[str, Any]] = {}
-    for key, tensor in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = tensor
-    for index, entries in values["state"].items():
-        state.setdefault(int(index), {}).update(entries)
-    groups = [
-        {k: tuple(v) if isinstance(now.get(k), tuple) else v for k, v in saved.items()}
-        for saved, now in zip(values["param_groups"], current["param_groups"], strict=False)
-    ]
-    return {"state": state, "param_groups": groups}
