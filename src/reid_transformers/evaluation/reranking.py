@@ -23,7 +23,7 @@ See ``docs/reranking.md`` for the algorithm, the exactness argument and measured
 
 from __future__ import annotations
 
-import math
+import functools
 import numbers
 import warnings
 from collections.abc import Callable, Iterator
@@ -235,9 +235,7 @@ def _as_embedding_matrix(x: object, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must be 2-D (num_items, dim), got shape {tuple(tensor.shape)}")
     if tensor.shape[0] == 0 or tensor.shape[1] == 0:
         raise ValueError(f"{name} must be non-empty, got shape {tuple(tensor.shape)}")
-    # min and max propagate NaN, so two finite extremes mean every entry is finite; one
-    # vectorised pass, many times faster than building an isfinite mask.
-    if not all(math.isfinite(extreme) for extreme in torch.aminmax(tensor)):
+    if not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     return tensor
 
@@ -451,8 +449,7 @@ class _ShiftedHalfDistances:
     ``left[i] = [-a_i, h_i, l_i, 1, 1]`` and ``right[j] = [a_j, 1, 1, h_j, l_j]`` with
     ``h + l ~ (|a|^2 - shift / 2) / 2`` (two bfloat16 terms: 16 significant bits), so one
     bfloat16 matrix product gives the distance up to a constant, symmetric in ``i, j``.
-    ``shift`` (the mean distance, ``2 * mean |a|^2`` for centred features) keeps ``|p|``,
-    and with it the output rounding, small.
+    ``shift`` (the mean ``|a|^2``) keeps ``|p|``, and with it the output rounding, small.
     For every pair, the exact float32 distance ``e`` (``_pair_distances``) of row ``i``
     satisfies ``|e - 2 p - shift| <= slack[i] + 2 * _BF16_ROUNDING * |p|``.
     """
@@ -496,10 +493,7 @@ def _shifted_half_distances(
     (``gamma``), and the two-term representation of ``h + l``.
     """
     num_items, dim = features.shape
-    # The features are centred, so the mean squared distance over all pairs is about
-    # 2 * mean |a|^2: with that shift p is centred on the typical distance, and its
-    # output rounding (relative to |p|) widens the intervals of near and far pairs least.
-    shift = 2 * float(sq_norms.mean())
+    shift = float(sq_norms.mean())
     # Each factor carries half of the shift: p = |a_i|^2/2 + |a_j|^2/2 - a_i.a_j - shift/2.
     half_sq = (sq_norms.double() - shift / 2) / 2
     high = half_sq.to(torch.bfloat16)
@@ -538,36 +532,13 @@ def _shifted_half_distances(
     return _ShiftedHalfDistances(left=left, right=right, slack=slack, shift=shift)
 
 
-def _far_hits(
-    p: torch.Tensor,
-    row_start: int,
-    col_start: int,
-    peaks: tuple[torch.Tensor, torch.Tensor | None],
-    far: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Entries of a bfloat16 panel with ``p >= far[owner]``, as ``(owner, other, value)``:
-    owned by the row item and, when the column peaks are given, by the column item.
-
-    ``peaks`` are the panel's per-row and per-column maxima ``(rows,)``, ``(cols,)``. Only
-    lines whose peak reaches their limit can hold such an entry, and once the row maxima
-    settle those are a minority, so only they are compared.
-    """
-    owners, others, values = [], [], []
-    for peak, start, other_start, by_column in (
-        (peaks[0], row_start, col_start, False),
-        (peaks[1], col_start, row_start, True),
-    ):
-        if peak is None:
-            continue
-        lines = torch.nonzero(peak >= far[start : start + peak.numel()]).flatten()
-        limit = far[start + lines]
-        sub = p[:, lines] if by_column else p[lines]
-        found = torch.nonzero(sub >= (limit.unsqueeze(0) if by_column else limit.unsqueeze(1)))
-        line, position = (found[:, 1], found[:, 0]) if by_column else (found[:, 0], found[:, 1])
-        owners.append(start + lines[line])
-        others.append(other_start + position)
-        values.append(sub[found[:, 0], found[:, 1]].float())
-    return torch.cat(owners), torch.cat(others), torch.cat(values)
+def _near_or_far(
+    p: torch.Tensor, near: torch.Tensor, far: torch.Tensor, *, scratch: torch.Tensor, out
+) -> torch.Tensor:
+    """``out = (p <= near) | (p >= far)``; ``scratch`` is a flat bool buffer as large."""
+    torch.le(p, near, out=out)
+    far_mask = scratch[: p.numel()].view(p.shape)
+    return out.logical_or_(torch.ge(p, far, out=far_mask))
 
 
 def _bfloat16_at_least(values: torch.Tensor) -> torch.Tensor:
@@ -657,7 +628,9 @@ def _gallery_neighbours_bfloat16(
     widest = max(stop - start for start, stop in blocks)
     entries = max(_PIECE_ENTRIES, widest * widest)
     piece_buf = torch.empty(entries, dtype=torch.bfloat16, device=device)
-    mask_buf = torch.empty(entries, dtype=torch.bool, device=device)
+    # Two masks: near and far entries are marked separately, then merged.
+    mask_buf = torch.empty(2 * entries, dtype=torch.bool, device=device)
+    select = functools.partial(_near_or_far, scratch=mask_buf[entries:])
     pieces = _schedule(blocks, num_gallery, num_gallery, _PIECE_ENTRIES)
     for r0, r1, c0, c1 in tqdm(
         pieces, desc="re-ranking: distances (bfloat16)", disable=not progress
@@ -665,22 +638,27 @@ def _gallery_neighbours_bfloat16(
         p = piece_buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
         torch.mm(bounds.left[r0:r1], bounds.right[c0:c1].T, out=p)
         diagonal = c0 == r0
-        peaks = (p.amax(dim=1), None if diagonal else p.amax(dim=0))
         if diagonal:
             nearest.merge_block(approximate(p), r0, r0)
         else:
-            for side, peak in zip((slice(r0, r1), slice(c0, c1)), peaks, strict=True):
-                torch.maximum(nearest.row_max[side], approximate(peak), out=nearest.row_max[side])
+            for side, extreme in ((slice(r0, r1), p.amax(dim=1)), (slice(c0, c1), p.amax(0))):
+                torch.maximum(
+                    nearest.row_max[side], approximate(extreme), out=nearest.row_max[side]
+                )
         kept = nearest.thresholds()
         near = _bfloat16_at_least(near_limit())
+        far = _bfloat16_at_most(far_limit())
         owner, other, value = _panel_hits(
-            p, r0, c0, torch.le, (near[r0:r1],), None if diagonal else (near[c0:c1],), mask_buf
+            p, r0, c0, select, (near[r0:r1], far[r0:r1]),
+            None if diagonal else (near[c0:c1], far[c0:c1]), mask_buf[:entries],
         )
-        near_log.add(owner, other, value)
-        far_log.add(*_far_hits(p, r0, c0, peaks, _bfloat16_at_most(far_limit())))
+        is_near = value <= near[owner].float()
+        near_log.add(owner[is_near], other[is_near], value[is_near])
+        is_far = value >= far[owner].float()
+        far_log.add(owner[is_far], other[is_far], value[is_far])
         if not diagonal:
             distance = approximate(value)
-            enters = distance < kept[owner]
+            enters = is_near & (distance < kept[owner])
             nearest.merge_entries(owner[enters], other[enters], distance[enters])
 
     owner, other = (torch.cat(pair) for pair in zip(near_log.prune(), far_log.prune(), strict=True))
