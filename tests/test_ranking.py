@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,11 @@ from reid_transformers.evaluation import (
     pairwise_distance,
     ranking,
 )
-from reid_transformers.evaluation.ranking import _CandidateDistances, _GallerySide
+from reid_transformers.evaluation.ranking import (
+    _CandidateDistances,
+    _GallerySide,
+    resolve_precision,
+)
 
 
 def reference_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
@@ -350,8 +356,8 @@ def test_bfloat16_precision_is_identical_on_ties(metric):
 def test_bfloat16_precision_is_identical_on_adversarial_data(metric, scale, monkeypatch):
     settled = []
     settle = ranking._settle
-    monkeypatch.setattr(ranking, "_settle", lambda dist, side, block, rows, cols: (
-        settled.append(len(rows)), settle(dist, side, block, rows, cols)))
+    monkeypatch.setattr(ranking, "_settle", lambda dist, side, block, rows, cols, order: (
+        settled.append(len(rows)), settle(dist, side, block, rows, cols, order)))
     rng = np.random.default_rng(4)
     q, g, qp, gp, qc, gc = make_problem(4, num_q=20, num_g=80, num_ids=5, dim=32)
     # Next to every positive, negatives moved by far less than the bfloat16 error bound
@@ -406,17 +412,64 @@ def test_bfloat16_error_bound_holds(metric, scale):
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_settlement_gemm_reproduces_the_reference_bits(metric):
-    # Settlement relies on this property of the float32 GEMM: from 4 rows and 16 columns
-    # on, an element's bits do not depend on which other rows and columns are multiplied.
+    # Settlement relies on this property of the float32 GEMM: with 4, 8 or >= 12 rows and
+    # >= 16 columns, an element's bits do not depend on which other rows and columns are
+    # multiplied (5 to 7 and 9 to 11 rows give other bits).
     rng = np.random.default_rng(7)
     g = torch.from_numpy(rng.normal(size=(500, 256)).astype(np.float32))
     q = torch.from_numpy(rng.normal(size=(50, 256)).astype(np.float32))
     side = _GallerySide(g, metric)
     block = side.queries(q)
     reference = side.distances(block)
-    for rows, cols in [(16, 64), (16, 300), (4, 64), (50, 100)]:
+    for rows, cols, shuffled in [(16, 64, False), (16, 300, True), (4, 64, False),
+                                 (8, 64, True), (12, 64, True), (50, 100, False)]:
         start = int(rng.integers(0, 50 - rows + 1))
-        row_index = torch.arange(start, start + rows)
+        # Settlement groups queries by identity: any rows, in any order.
+        row_index = (torch.from_numpy(rng.permutation(50)[:rows]) if shuffled
+                     else torch.arange(start, start + rows))
         columns = torch.from_numpy(np.sort(rng.choice(500, size=cols, replace=False)))
         settled = side.distances(block, rows=row_index, columns=columns)
         assert torch.equal(settled, reference[row_index][:, columns])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_picks_as_documented(native, monkeypatch):
+    monkeypatch.setattr(ranking, "native_bfloat16_matmul", lambda: native)
+    queries, values = ranking._AUTO_MIN_QUERIES, ranking._AUTO_MIN_GALLERY_VALUES
+    # MSMT17 and Market-1501 galleries at 2048-d take bfloat16, Market at 768-d float32.
+    fast = "bfloat16" if native else "float32"
+    assert resolve_precision("auto", queries, 82_161, 2048) == fast
+    assert resolve_precision("auto", queries, 15_913, 2048) == fast
+    assert resolve_precision("auto", queries, 15_913, 768) == "float32"
+    assert resolve_precision("auto", queries, values // 2, 2) == fast
+    assert resolve_precision("auto", queries, values - 1, 1) == "float32"
+    assert resolve_precision("auto", queries - 1, values, 1) == "float32"
+    for explicit in ("bfloat16", "float32"):
+        assert resolve_precision(explicit, 1, 1, 1) == explicit
+    with pytest.raises(ValueError, match="precision must be one of .*'half'"):
+        resolve_precision("half", queries, values, 1)
+
+
+def test_auto_precision_is_the_default_and_equals_float32(monkeypatch):
+    # Thresholds lowered so this small problem takes the bfloat16 path under "auto".
+    monkeypatch.setattr(ranking, "_AUTO_MIN_QUERIES", 1)
+    monkeypatch.setattr(ranking, "_AUTO_MIN_GALLERY_VALUES", 1)
+    monkeypatch.setattr(ranking, "native_bfloat16_matmul", lambda: True)
+    resolved = []
+    resolve = ranking.resolve_precision
+    monkeypatch.setattr(ranking, "resolve_precision",
+                        lambda *args: resolved.append(resolve(*args)) or resolved[-1])
+    q, g, qp, gp, qc, gc = make_problem(8, dim=40)
+    default = evaluate_ranking(q, g, qp, gp, qc, gc, return_per_query=True)
+    assert resolved == ["bfloat16"]
+    exact = evaluate_ranking(q, g, qp, gp, qc, gc, precision="float32", return_per_query=True)
+    assert_identical(default, exact)
+
+
+def test_native_bfloat16_matmul_follows_the_cpu_flags():
+    # oneDNN multiplies bfloat16 natively exactly where the CPU has AVX-512 BF16 or AMX.
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists() or not torch.backends.mkldnn.is_available():
+        pytest.skip("needs Linux CPU flags and oneDNN")
+    flags = set(cpuinfo.read_text().split())
+    assert ranking.native_bfloat16_matmul() == bool({"avx512_bf16", "amx_bf16"} & flags)

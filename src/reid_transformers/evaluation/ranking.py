@@ -22,8 +22,9 @@ processed in chunks so memory stays bounded for any gallery size.
 From embeddings, the metrics are defined by float32 distances (the reference,
 :meth:`_GallerySide.distances`). ``evaluate_ranking(..., precision="bfloat16")`` reaches
 the identical result with bfloat16 products: a rigorous bound on their error decides most
-comparisons with a positive, and only the undecided pairs get their float32 value,
-computed by the reference's own GEMM call so the bits agree (docs/evaluation.md).
+comparisons with a positive, and only the positives and the undecided pairs get their
+float32 value, computed by the reference's own GEMM call so the bits agree. The default,
+``precision="auto"``, takes that path where it was measured faster (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ ArrayLike = np.ndarray | torch.Tensor | Sequence[int] | Sequence[float]
 
 DISTANCE_METRICS = ("euclidean", "cosine")
 PRECISIONS = ("bfloat16", "float32")
+RANKING_PRECISIONS = ("auto", *PRECISIONS)
+
+# precision="auto" takes the bfloat16 path from these sizes on. benchmarks/bench_ranking.py
+# (2 CPU cores) measured it slower than float32 for 15,913 gallery items of 768-d (12.2 M
+# gallery values; settling costs per pair, the product per value) and faster for 15,913
+# and 82,161 items of 2048-d (32.6 M and 168 M values); for few queries its fixed cost,
+# rounding the gallery, weighs more than the per-query saving.
+_AUTO_MIN_GALLERY_VALUES = 20_000_000
+_AUTO_MIN_QUERIES = 1_000
 
 # Elements of one (query chunk x gallery) distance block: 2**25 float32 = 128 MiB. Every
 # chunk's GEMM packs the whole gallery again, so at MSMT17 scale (408 rows per chunk) fewer,
@@ -62,9 +72,10 @@ _F64_SLACK = 2.0**-40
 # Rows per block when measuring the bfloat16 rounding (a float32 copy: 64 MiB at 2048-d).
 _NORM_BLOCK_ROWS = 8192
 # Settlement multiplies groups of this many query rows by the columns they need, and
-# never fewer than _MIN_SETTLE_COLUMNS columns: from 4 rows and 16 columns on, MKL's float32
-# GEMM gives every element the same bits whatever the other rows and columns are
-# (measured; test_ranking checks it), so settled values equal the reference's.
+# never fewer than _MIN_SETTLE_COLUMNS columns: with 4, 8 or >= 12 rows and >= 16 columns,
+# MKL's float32 GEMM gives every element the same bits whatever the other rows and columns
+# are and in whichever order (measured; test_ranking checks it), so settled values equal
+# the reference's.
 _SETTLE_GROUP_ROWS = 16
 _MIN_SETTLE_COLUMNS = 64
 # Products beyond this could overflow float32 in the candidate distances: no shortcut then.
@@ -600,26 +611,35 @@ def _settled_distances(
 ) -> torch.Tensor:
     """``(C, G)`` ranking keys that rank every positive exactly as the float32 reference.
 
-    Keys are the bfloat16 candidate distances, except that every pair whose order relative
-    to one of its query's positives the error bound cannot decide (their intervals
-    ``value +- bound`` overlap; each positive overlaps itself) gets its float32 reference
-    value. Then for each positive ``p`` and each gallery item ``j`` either both keys are
-    reference values, or the intervals are disjoint and both keys lie inside them, so
+    Keys are the bfloat16 candidate distances, except that the positives and every pair
+    whose order relative to one of its query's positives the error bound cannot decide
+    (its interval ``value +- bound`` holds that positive's reference value) get their
+    float32 reference values. Then for each positive ``p`` and each gallery item ``j``
+    either both keys are reference values, or ``j``'s interval holds its reference value
+    and its key but not ``p``'s reference value, so both lie on the same side of it and
     ``(key_j, j) < (key_p, p)`` exactly when the reference says so: every positive has
-    its reference rank, and CMC / AP / INP depend on nothing else.
+    its reference rank, and CMC / AP / INP depend on nothing else. (Settling the few
+    positives first leaves each comparison one interval against a point, not two
+    intervals, so fewer pairs need settling.)
     """
     dist, products, margin, cap = candidates.distances(block)
     if not (bool(torch.isfinite(margin).all()) and float(cap.max()) < _BF16_SAFE_PRODUCT):
         return candidates.side.distances(block)  # the bound would overflow: no shortcut
     same_id, positive = _positive_slots(q_pids, q_camids, g_pids, g_camids, lookup)
-    pos_values = dist.gather(1, same_id).double()
-    pos_bounds = candidates.pair_bounds(
-        margin.unsqueeze(1), products.gather(1, same_id), pos_values
+    pos_rows, pos_slots = positive.nonzero(as_tuple=True)
+    # A block of at most one group is multiplied whole, in its own order: the reference's
+    # call (MKL's GEMM gives other bits for 5 to 7 and 9 to 11 rows than for 4, 8, >= 12).
+    row_order = (
+        torch.argsort(q_pids, stable=True)
+        if len(q_pids) > _SETTLE_GROUP_ROWS
+        else torch.arange(len(q_pids))
     )
-    upper = (pos_values + pos_bounds).masked_fill_(~positive, -math.inf)
-    lower = (pos_values - pos_bounds).masked_fill_(~positive, math.inf)
-    # Only items whose interval starts below the hardest positive's interval end can
-    # precede a positive; `cap` bounds every |p| of the row, hence every item's bound.
+    _settle(dist, candidates.side, block, pos_rows, same_id[pos_rows, pos_slots], row_order)
+    pos_values = dist.gather(1, same_id).double()
+    upper = pos_values.masked_fill(~positive, -math.inf)
+    lower = pos_values.masked_fill_(~positive, math.inf)
+    # Only items whose interval starts below the hardest positive can precede a
+    # positive; `cap` bounds every |p| of the row, hence every item's bound.
     hardest = upper.amax(1)  # -inf for a query without positives: no candidates
     reach = hardest + candidates.pair_bounds(margin, cap, hardest.nan_to_num(neginf=0.0))
     threshold = torch.nextafter(reach.float(), torch.tensor(math.inf))  # never rounds down
@@ -630,13 +650,14 @@ def _settled_distances(
                              rows[s : s + step], cols[s : s + step])
         for s in range(0, len(rows), step)
     ]) if len(rows) else torch.zeros(0, dtype=torch.bool)
-    _settle(dist, candidates.side, block, rows[undecided], cols[undecided])
+    _settle(dist, candidates.side, block, rows[undecided], cols[undecided], row_order)
     return dist
 
 
 def _overlaps_a_positive(candidates, dist, products, margin, lower, upper, rows, cols):
-    """``(n,)`` bool: does the interval of pair ``(rows, cols)`` meet one of its query's
-    positive intervals (``lower`` / ``upper``, ``(C, M)`` float64)?"""
+    """``(n,)`` bool: does the interval of pair ``(rows, cols)`` hold one of its query's
+    positive reference values (``(C, M)`` float64, ``-inf`` in ``upper`` and ``+inf`` in
+    ``lower`` where a slot is no positive)?"""
     values = dist[rows, cols].double()
     bounds = candidates.pair_bounds(margin[rows], products[rows, cols], values)
     low, high = (values - bounds).unsqueeze(1), (values + bounds).unsqueeze(1)
@@ -649,28 +670,66 @@ def _settle(
     block: _QueryBlock,
     rows: torch.Tensor,
     cols: torch.Tensor,
+    row_order: torch.Tensor,
 ) -> None:
     """Overwrite ``dist[rows, cols]`` with the float32 reference values, in place.
 
-    Groups of ``_SETTLE_GROUP_ROWS`` query rows (fewer only when the whole block is
-    smaller, i.e. the reference's own row count) are multiplied by the union of the
-    columns they need, padded to ``_MIN_SETTLE_COLUMNS``, with the reference's own GEMM
-    call, so each value has the bits the reference computes.
+    Query rows are taken ``_SETTLE_GROUP_ROWS`` at a time in ``row_order`` (a permutation
+    of the block's rows; fewer only when the whole block is smaller, and then in the
+    block's own order: the reference's call), and each group is multiplied by the union
+    of the columns its rows need, padded to ``_MIN_SETTLE_COLUMNS``, with the reference's
+    own GEMM call, so each value has the bits the reference computes. Ordering rows by
+    identity puts queries whose pairs lie around the same positives in one group, so the
+    unions, which cost a gather and a product each, are smaller.
     """
     num_rows, num_gallery = dist.shape
     padding = torch.arange(min(_MIN_SETTLE_COLUMNS, num_gallery))
-    # `rows` ascend (row-major nonzero), so each group of rows is one contiguous slice.
+    position = torch.empty_like(row_order)
+    position[row_order] = torch.arange(num_rows)
+    pair_position = position[rows]
+    by_group = torch.argsort(pair_position, stable=True)
+    rows, cols, pair_position = rows[by_group], cols[by_group], pair_position[by_group]
     bounds = torch.arange(0, num_rows + _SETTLE_GROUP_ROWS, _SETTLE_GROUP_ROWS)
-    slices = torch.searchsorted(rows, bounds.clamp(max=num_rows)).tolist()
+    slices = torch.searchsorted(pair_position, bounds.clamp(max=num_rows)).tolist()
     for index, (first, last) in enumerate(itertools.pairwise(slices)):
         if first == last:
             continue
         stop = min((index + 1) * _SETTLE_GROUP_ROWS, num_rows)
         start = max(0, stop - _SETTLE_GROUP_ROWS)
-        r, c = rows[first:last], cols[first:last]
+        c = cols[first:last]
         columns = torch.unique(torch.cat([c, padding]))
-        exact = side.distances(block, rows=torch.arange(start, stop), columns=columns)
-        dist[r, c] = exact[r - start, torch.searchsorted(columns, c)]
+        exact = side.distances(block, rows=row_order[start:stop], columns=columns)
+        dist[rows[first:last], c] = exact[
+            pair_position[first:last] - start, torch.searchsorted(columns, c)
+        ]
+
+
+def native_bfloat16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (oneDNN with AVX-512 BF16 or
+    AMX); elsewhere bfloat16 products are emulated and slower than float32 ones."""
+    return torch.backends.mkldnn.is_available() and bool(
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def resolve_precision(precision: str, num_query: int, num_gallery: int, dim: int) -> str:
+    """The precision :func:`evaluate_ranking` computes with: ``"bfloat16"`` or ``"float32"``.
+
+    ``"auto"`` is ``"bfloat16"`` on CPUs with native bfloat16 products for at least
+    ``_AUTO_MIN_QUERIES`` queries and a gallery of at least ``_AUTO_MIN_GALLERY_VALUES``
+    values (items x dimension; where benchmarks/bench_ranking.py measured it faster),
+    ``"float32"`` otherwise; the other values are returned as they are. Both give
+    identical metrics, so this is speed only.
+
+    Raises:
+        ValueError: ``precision`` is not one of ``RANKING_PRECISIONS``.
+    """
+    if precision not in RANKING_PRECISIONS:
+        raise ValueError(f"precision must be one of {RANKING_PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    large = num_query >= _AUTO_MIN_QUERIES and num_gallery * dim >= _AUTO_MIN_GALLERY_VALUES
+    return "bfloat16" if large and native_bfloat16_matmul() else "float32"
 
 
 def _chunk_distances(
@@ -679,9 +738,8 @@ def _chunk_distances(
     labels: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     lookup: _PositiveLookup,
 ) -> Callable[[int, torch.Tensor], torch.Tensor]:
-    """``(start, queries (C, D)) -> (C, G)`` ranking keys for ``precision``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    """``(start, queries (C, D)) -> (C, G)`` ranking keys for ``precision`` (one of
+    ``PRECISIONS``)."""
     q_pids, g_pids, q_camids, g_camids = labels
 
     def reference(start: int, queries: torch.Tensor) -> torch.Tensor:
@@ -719,7 +777,7 @@ def evaluate_ranking(
     gallery_camids: ArrayLike,
     *,
     metric: str = "cosine",
-    precision: str = "float32",
+    precision: str = "auto",
     max_rank: int = 50,
     chunk_size: int | None = None,
     return_per_query: bool = False,
@@ -731,22 +789,22 @@ def evaluate_ranking(
     ``Q x G`` (docs/evaluation.md has the measured peaks). Euclidean ranking uses squared
     distances, which order the gallery identically.
 
-    The metrics are defined by float32 distances; ``precision="float32"`` (the default)
-    computes only those. ``precision="bfloat16"`` returns the *identical* result another
-    way: it ranks with bfloat16 products and a rigorous bound on their error, and
-    recomputes in float32 only the pairs whose order relative to a positive the bound
-    leaves open (see :class:`_CandidateDistances` and :func:`_settled_distances`;
-    galleries under 64 items always use float32). In benchmarks/bench_ranking.py it is
-    faster at MSMT17 scale and slower at Market-1501 scale, where the pairs to recompute
-    cost more than the cheaper product saves, so it is an option, not the default
-    (docs/evaluation.md has the measured times and memory).
+    The metrics are defined by float32 distances; ``precision="float32"`` computes only
+    those. ``precision="bfloat16"`` returns the *identical* result another way: it ranks
+    with bfloat16 products and a rigorous bound on their error, and recomputes in float32
+    only the positives and the pairs whose order relative to a positive the bound leaves
+    open (see :class:`_CandidateDistances` and :func:`_settled_distances`; galleries under
+    64 items always use float32). ``precision="auto"`` (the default) takes whichever
+    benchmarks/bench_ranking.py measured faster for the sizes and CPU at hand (see
+    :func:`resolve_precision`; docs/evaluation.md has the measured times and memory).
 
     Args:
         query_embeddings: ``(Q, D)`` float embeddings.
         gallery_embeddings: ``(G, D)`` float embeddings.
         query_pids, gallery_pids, query_camids, gallery_camids: integer labels.
         metric: ``"cosine"`` or ``"euclidean"``.
-        precision: ``"bfloat16"`` (candidates, then exact settlement) or ``"float32"``.
+        precision: ``"auto"``, ``"bfloat16"`` (candidates, then exact settlement) or
+            ``"float32"``; the metrics are the same for all three.
         max_rank, chunk_size, return_per_query: see :func:`evaluate_distance_matrix`.
 
     Raises:
@@ -768,6 +826,7 @@ def evaluate_ranking(
     gallery_side = _GallerySide(g, metric)
     _check_query_norms(q, metric)
     lookup = _PositiveLookup(labels[1])
+    precision = resolve_precision(precision, len(q), len(g), g.shape[1])
     distances = _chunk_distances(gallery_side, precision, labels, lookup)
     rows = _rows_per_chunk(len(g), chunk_size)
     chunks = ((s, distances(s, q[s : s + rows])) for s in range(0, len(q), rows))

@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .ranking import DISTANCE_METRICS as _METRICS
-from .ranking import PRECISIONS, reject_zero_vectors
+from .ranking import PRECISIONS, native_bfloat16_matmul, reject_zero_vectors
 
 __all__ = ["k_reciprocal_rerank"]
 
@@ -198,11 +198,7 @@ def k_reciprocal_rerank(
 def _use_bfloat16(precision: str | None, device: torch.device) -> bool:
     """Whether gallery x gallery candidates come from bfloat16 (see ``precision``)."""
     if precision is None:
-        return (
-            device.type == "cpu"
-            and torch.backends.mkldnn.is_available()
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
+        return device.type == "cpu" and native_bfloat16_matmul()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be None or one of {PRECISIONS}, got {precision!r}")
     # The error bound assumes float32 accumulation, which CUDA's reduced-precision
