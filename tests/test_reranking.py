@@ -169,6 +169,24 @@ def test_default_metric_is_cosine() -> None:
     )
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bfloat16_exactly_on_cpus_with_native_bfloat16(
+    monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    monkeypatch.setattr(reranking, "native_bfloat16_matmul", lambda: native)
+    assert reranking._use_bfloat16("auto", torch.device("cpu")) is native
+    assert reranking._use_bfloat16("auto", torch.device("cuda")) is False
+    assert reranking._use_bfloat16("float32", torch.device("cpu")) is False
+    assert reranking._use_bfloat16("bfloat16", torch.device("cpu")) is True
+    query, gallery, _, _ = clustered(16, num_query=6, num_gallery=30)
+    # The same neighbour sets; the values may differ in the last float32 bits.
+    torch.testing.assert_close(
+        k_reciprocal_rerank(query, gallery, k1=6, k2=3),
+        k_reciprocal_rerank(query, gallery, k1=6, k2=3, precision="float32"),
+        rtol=0, atol=1e-6,
+    )
+
+
 @pytest.mark.parametrize("offset", [0.0, 30.0])
 def test_bfloat16_interval_holds_the_exact_distance(offset: float) -> None:
     """Every exact float32 distance lies in [lower(p), upper(p)] of its bfloat16 product,
@@ -415,7 +433,7 @@ GOOD = np.zeros((2, 4), dtype=np.float32)
         ({"metric": "manhattan"}, ValueError, "metric must be one of"),
         ({"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
         ({"metric": "cosine"}, ValueError, "are zero vectors"),
-        ({"precision": "float16"}, ValueError, "precision must be None or one of"),
+        ({"precision": "float16"}, ValueError, "precision must be one of"),
     ],
 )
 def test_invalid_inputs(kwargs: dict, error: type[Exception], match: str) -> None:

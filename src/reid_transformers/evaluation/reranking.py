@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .ranking import DISTANCE_METRICS as _METRICS
-from .ranking import PRECISIONS, native_bfloat16_matmul, reject_zero_vectors
+from .ranking import RANKING_PRECISIONS, native_bfloat16_matmul, reject_zero_vectors
 
 __all__ = ["k_reciprocal_rerank"]
 
@@ -86,7 +86,7 @@ def k_reciprocal_rerank(
     lambda_value: float = 0.3,
     metric: Metric = "cosine",
     chunk_size: int | None = None,
-    precision: str | None = None,
+    precision: str = "auto",
     progress: bool = False,
 ) -> torch.Tensor:
     """Re-rank query-to-gallery distances with k-reciprocal encoding.
@@ -117,8 +117,9 @@ def k_reciprocal_rerank(
         precision: How gallery x gallery distances are found. ``"float32"``: all computed
             in float32. ``"bfloat16"`` (CPU only): bfloat16 candidates with a rigorous error
             bound, and exact float32 distances for the pairs whose place could depend on
-            the rounding, several times faster and the same result. ``None``: bfloat16 on
-            CPUs with native bfloat16 matrix products, float32 elsewhere. Query x gallery
+            the rounding, several times faster and the same result. ``"auto"`` (as in
+            `evaluate_ranking`): bfloat16 on CPUs with native bfloat16 matrix products,
+            float32 elsewhere. Query x gallery
             distances are always float32: they are part of the output.
         progress: Show tqdm progress bars.
 
@@ -195,12 +196,12 @@ def k_reciprocal_rerank(
     return out
 
 
-def _use_bfloat16(precision: str | None, device: torch.device) -> bool:
+def _use_bfloat16(precision: str, device: torch.device) -> bool:
     """Whether gallery x gallery candidates come from bfloat16 (see ``precision``)."""
-    if precision is None:
+    if precision == "auto":
         return device.type == "cpu" and native_bfloat16_matmul()
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be None or one of {PRECISIONS}, got {precision!r}")
+    if precision not in RANKING_PRECISIONS:
+        raise ValueError(f"precision must be one of {RANKING_PRECISIONS}, got {precision!r}")
     # The error bound assumes float32 accumulation, which CUDA's reduced-precision
     # bfloat16 reductions do not promise.
     if precision == "bfloat16" and device.type != "cpu":
