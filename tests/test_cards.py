@@ -4,7 +4,6 @@ tests/fake_hub.py, the `card` / `push` commands run in-process through `main`.""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from .fake_hub import FakeHub, HubError, use_fake_hub
 from .test_aaformer import TINY as AAFORMER_TINY
 from .test_cli import run
 from .test_hat import TINY as HAT_TINY
+from .test_hub import snapshot
 from .test_la_transformer import TINY as LA_TINY
 from .test_pan import TINY as PAN_TINY
 from .test_prct import TINY as PRCT_TINY
@@ -72,15 +72,6 @@ def trained_checkpoint(folder: Path, **overrides) -> Path:
     inputs.save(folder)
     save_model_card(inputs.render(LATransformerConfig(**LA_TINY)), folder)
     return folder
-
-
-def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
-    """Every file under ``folder`` (hidden ones too): content hash and modification time."""
-    return {
-        str(path.relative_to(folder)): (hashlib.sha256(path.read_bytes()).hexdigest(),
-                                        path.stat().st_mtime_ns)
-        for path in sorted(folder.rglob("*")) if path.is_file()
-    }
 
 
 

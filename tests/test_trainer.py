@@ -9,22 +9,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
 
-from reid_transformers.data import load_reid_dataset, make_synthetic_reid
+from reid_transformers.data import load_reid_dataset
 from reid_transformers.training import ReIDTrainer, ReIDTrainingArguments
 
 TINY_MODEL = {
     "patch_size": 8, "patch_stride": 8, "hidden_size": 32, "num_hidden_layers": 3,
     "num_attention_heads": 4, "intermediate_size": 64, "classifier_hidden_size": 16,
 }
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = make_synthetic_reid(
-        tmp_path_factory.mktemp("synthetic") / "data", num_identities=16, num_cameras=3,
-        image_size=(64, 32), num_distractors=3, num_junk=2, progress=False,
-    )
-    return load_reid_dataset("market1501", root, progress=False)
 
 
 def arguments(output_dir, **overrides):

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from reid_transformers import hub as hub_module
 from reid_transformers import utils
-from reid_transformers.data import load_reid_dataset, make_synthetic_reid
+from reid_transformers.data import load_reid_dataset
 from reid_transformers.training import ReIDTrainer
 from reid_transformers.training import state as state_module
 from reid_transformers.training import trainer as trainer_module
@@ -31,15 +31,6 @@ from .test_trainer import arguments, crash_in_second_epoch
 from .test_training_state import PicklePayload
 
 RUN_FILES = ["best", "last", "metrics.jsonl", "state", "training_args.json"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = make_synthetic_reid(
-        tmp_path_factory.mktemp("synthetic") / "data", num_identities=16, num_cameras=3,
-        image_size=(64, 32), num_distractors=3, num_junk=2, progress=False,
-    )
-    return load_reid_dataset("market1501", root, progress=False)
 
 
 @pytest.fixture(scope="module", autouse=True)
