@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -332,8 +333,19 @@ def both_precisions(q, g, qp, gp, qc, gc, **kwargs) -> tuple[RankingResult, Rank
     )
 
 
+def random_rows(rng, num_rows, dim, scale=1.0) -> torch.Tensor:
+    return torch.from_numpy(rng.normal(size=(num_rows, dim)).astype(np.float32) * scale)
+
+
+def random_problem(seed, num_gallery, num_query, dim, metric):
+    """``(rng, gallery side, query block)`` of random rows."""
+    rng = np.random.default_rng(seed)
+    side = _GallerySide(random_rows(rng, num_gallery, dim), metric)
+    return rng, side, side.queries(random_rows(rng, num_query, dim))
+
+
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-@pytest.mark.parametrize("seed, noise, chunk_size", [(0, 0.3, None), (1, 1.0, 7), (2, 5.0, 40)])
+@pytest.mark.parametrize("seed, noise, chunk_size", [(0, 0.3, None), (1, 1.0, 17), (2, 5.0, 40)])
 def test_bfloat16_precision_is_identical_on_random_data(metric, seed, noise, chunk_size):
     q, g, qp, gp, qc, gc = make_problem(seed, noise=noise, dim=48)
     assert_identical(*both_precisions(q, g, qp, gp, qc, gc, metric=metric,
@@ -356,8 +368,8 @@ def test_bfloat16_precision_is_identical_on_ties(metric):
 def test_bfloat16_precision_is_identical_on_adversarial_data(metric, scale, monkeypatch):
     settled = []
     settle = ranking._settle
-    monkeypatch.setattr(ranking, "_settle", lambda dist, side, block, rows, cols, order: (
-        settled.append(len(rows)), settle(dist, side, block, rows, cols, order)))
+    monkeypatch.setattr(ranking, "_settle", lambda side, block, rows, cols, order: (
+        settled.append(len(rows)), settle(side, block, rows, cols, order))[1])
     rng = np.random.default_rng(4)
     q, g, qp, gp, qc, gc = make_problem(4, num_q=20, num_g=80, num_ids=5, dim=32)
     # Next to every positive, negatives moved by far less than the bfloat16 error bound
@@ -370,7 +382,7 @@ def test_bfloat16_precision_is_identical_on_adversarial_data(metric, scale, monk
     gp = np.concatenate([gp, np.zeros(len(near), dtype=gp.dtype)])  # distractors
     gc = np.concatenate([gc, rng.integers(0, 4, size=len(near))])
     q = q * scale
-    assert_identical(*both_precisions(q, g, qp, gp, qc, gc, metric=metric, chunk_size=6))
+    assert_identical(*both_precisions(q, g, qp, gp, qc, gc, metric=metric, chunk_size=16))
     assert sum(settled) > len(near)  # the near pairs were settled, not decided by bfloat16
 
 
@@ -395,13 +407,17 @@ def test_bfloat16_precision_is_identical_on_degenerate_embeddings(metric):
 def test_bfloat16_error_bound_holds(metric, scale):
     # The bound behind the exactness argument: |candidate - reference| <= margin + w |p|.
     rng = np.random.default_rng(6)
-    g = torch.from_numpy(rng.normal(size=(300, 96)).astype(np.float32) * scale)
-    q = torch.from_numpy(rng.normal(size=(40, 96)).astype(np.float32) * scale)
+    g = random_rows(rng, 300, 96, scale)
+    q = random_rows(rng, 40, 96, scale)
     q[:10] = g[:10] * (1 + 1e-3)  # near-duplicates: the worst case for cancellation
     side = _GallerySide(g, metric)
     candidates = _CandidateDistances(side)
     block = side.queries(q)
-    dist, products, margin, cap = candidates.distances(block)
+    products, margin, cap = candidates.products(block)
+    everything = torch.full((len(q),), math.inf)
+    rows, cols, values = candidates.within(products, block, everything)
+    assert len(values) == products.numel()
+    dist = values.reshape(products.shape)
     reference = side.distances(block)
     bound = candidates.pair_bounds(margin.unsqueeze(1), products, dist)
     assert bool(((dist.double() - reference.double()).abs() <= bound).all())
@@ -415,11 +431,7 @@ def test_settlement_gemm_reproduces_the_reference_bits(metric):
     # Settlement relies on this property of the float32 GEMM: with 4, 8 or >= 12 rows and
     # >= 16 columns, an element's bits do not depend on which other rows and columns are
     # multiplied (5 to 7 and 9 to 11 rows give other bits).
-    rng = np.random.default_rng(7)
-    g = torch.from_numpy(rng.normal(size=(500, 256)).astype(np.float32))
-    q = torch.from_numpy(rng.normal(size=(50, 256)).astype(np.float32))
-    side = _GallerySide(g, metric)
-    block = side.queries(q)
+    rng, side, block = random_problem(7, 500, 50, 256, metric)
     reference = side.distances(block)
     for rows, cols, shuffled in [(16, 64, False), (16, 300, True), (4, 64, False),
                                  (8, 64, True), (12, 64, True), (50, 100, False)]:
@@ -473,3 +485,76 @@ def test_native_bfloat16_matmul_follows_the_cpu_flags():
         pytest.skip("needs Linux CPU flags and oneDNN")
     flags = set(cpuinfo.read_text().split())
     assert ranking.native_bfloat16_matmul() == bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_candidate_scan_finds_exactly_the_pairs_within_the_threshold(metric):
+    # The cosine scan reads bfloat16 products against a floor, then tests exactly: it must
+    # return the same pairs as a dense float32 comparison, including pairs exactly at the
+    # threshold and rows whose threshold is -inf or +inf.
+    rng, side, block = random_problem(8, 400, 12, 48, metric)
+    candidates = _CandidateDistances(side)
+    products, _, _ = candidates.products(block)
+    if metric == "cosine":
+        dense = 1.0 - products.float()
+    else:
+        dense = (products.float() * -2.0 + side.sq_norm) + block.sq_norm
+        dense = dense.clamp(min=0)
+    threshold = dense[torch.arange(12), torch.from_numpy(rng.integers(0, 400, size=12))]
+    threshold[0], threshold[1] = -math.inf, math.inf
+    rows, cols, values = candidates.within(products, block, threshold)
+    expected_rows, expected_cols = (dense <= threshold.unsqueeze(1)).nonzero(as_tuple=True)
+    assert torch.equal(rows, expected_rows) and torch.equal(cols, expected_cols)
+    assert torch.equal(values, dense[rows, cols])
+    assert 0 < len(rows) < products.numel()
+
+
+def test_column_pieces_are_never_narrower_than_the_minimum():
+    assert list(ranking._column_pieces(64)) == [(0, 64)]
+    assert list(ranking._column_pieces(512)) == [(0, 512)]
+    assert list(ranking._column_pieces(570)) == [(0, 570)]  # a 58-column tail joins
+    assert list(ranking._column_pieces(600)) == [(0, 512), (512, 600)]
+    assert list(ranking._column_pieces(1060)) == [(0, 512), (512, 1060)]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_settle_returns_the_reference_bits_for_any_pairs(metric):
+    # Groups of query rows in any order whose column unions span several pieces (and a
+    # tail joined to the last piece); a block of exactly one group.
+    rng = np.random.default_rng(9)
+    g = random_rows(rng, 1500, 64)
+    q = random_rows(rng, 40, 64)
+    side = _GallerySide(g, metric)
+    for num_queries in (40, 16):
+        row_order = torch.from_numpy(rng.permutation(num_queries))
+        block = side.queries(q[:num_queries])
+        reference = side.distances(block)
+        rows = torch.from_numpy(rng.integers(0, num_queries, size=6000))
+        cols = torch.from_numpy(rng.integers(0, 1500, size=6000))
+        values = ranking._settle(side, block, rows, cols, row_order)
+        assert torch.equal(values, reference[rows, cols])
+
+
+def test_blocks_smaller_than_a_settlement_group_use_the_reference(monkeypatch):
+    # MKL's float32 GEMM gives 1-3, 5-7 and 9-11 rows other bits than a 16-row group, so
+    # such blocks (here: every chunk) must take the reference's own call.
+    def fail(*args, **kwargs):
+        raise AssertionError("a block smaller than one settlement group was settled")
+
+    monkeypatch.setattr(ranking, "_settled_metrics", fail)
+    q, g, qp, gp, qc, gc = make_problem(5, dim=24)
+    assert_identical(*both_precisions(q, g, qp, gp, qc, gc, chunk_size=15))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_bfloat16_precision_ranks_negatives_tied_with_positives(metric):
+    # A distractor copy of every gallery item, half before it (ranked ahead of it on the
+    # tie, the hardest positives included) and half after it.
+    q, g, qp, gp, qc, gc = make_problem(6, num_g=120, dim=24)
+    g = np.concatenate([g[:60], g, g[60:]])
+    gp = np.concatenate([np.zeros(60, dtype=gp.dtype), gp, np.zeros(60, dtype=gp.dtype)])
+    gc = np.concatenate([gc[:60], gc, gc[60:]])
+    fast, exact = both_precisions(q, g, qp, gp, qc, gc, metric=metric, chunk_size=20)
+    assert_identical(fast, exact)
+    assert exact.mean_ap < both_precisions(q, g[60:], qp, gp[60:], qc, gc[60:],
+                                           metric=metric)[1].mean_ap

@@ -65,6 +65,7 @@ _F32_UNIT = 2.0**-24  # float32 unit roundoff
 _BF16_UNIT = 2.0**-8  # bfloat16 unit roundoff
 _BF16_OUTPUT_ROUNDING = _BF16_UNIT / (1 - _BF16_UNIT)  # |rounded - exact| / |rounded|
 _BF16_MIN_NORMAL = 2.0**-126
+_F32_MAX = float(torch.finfo(torch.float32).max)
 # Widening of computed bounds: covers float64 rounding in computing them (relative
 # 2**-50 at most for these few operations) with a wide safety factor.
 _WIDEN = 1 + 2.0**-20
@@ -78,6 +79,10 @@ _NORM_BLOCK_ROWS = 8192
 # the reference's.
 _SETTLE_GROUP_ROWS = 16
 _MIN_SETTLE_COLUMNS = 64
+# ... a few hundred columns at a time: each gathered piece (4 MiB at 2048-d) is multiplied
+# while it is still in cache, which made settlement several times faster than gathering
+# all of a group's columns first.
+_SETTLE_PIECE_COLUMNS = 512
 # Products beyond this could overflow float32 in the candidate distances: no shortcut then.
 _BF16_SAFE_PRODUCT = 2.0**120
 
@@ -344,22 +349,40 @@ class _CandidateDistances:
         """False when a gallery value overflows bfloat16 (the bound would be infinite)."""
         return math.isfinite(self.max_residual) and math.isfinite(self.max_low_norm)
 
-    def distances(
-        self, block: _QueryBlock
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For a query block: ``(C, G)`` float32 candidate distances (squared for
-        Euclidean), the ``(C, G)`` bfloat16 products ``p`` they came from, and ``(C,)``
-        float64 ``margin`` and ``cap`` (an upper bound of every ``|p|`` of the row)."""
+    def products(self, block: _QueryBlock) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For a query block: the ``(C, G)`` bfloat16 products ``p``, and ``(C,)`` float64
+        ``margin`` and ``cap`` (an upper bound of every ``|p|`` of the row)."""
         rounded = _round_to_bfloat16(block.vectors)
         products = rounded.low @ self.gallery.T
-        dist = products.float()
-        if self.side.metric == "cosine":
-            dist.neg_().add_(1.0)
-        else:
-            dist.mul_(-2.0).add_(self.side.sq_norm).add_(block.sq_norm).clamp_(min=0)
         margin = self._margins(rounded)
         cap = rounded.low_norm * self.max_low_norm * (1 + _gamma(self.dim)) * (1 + 2 * _BF16_UNIT)
-        return dist, products, margin, cap
+        return products, margin, cap
+
+    def within(
+        self, products: torch.Tensor, block: _QueryBlock, threshold: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The pairs whose candidate distance (squared for Euclidean) is at most their
+        row's ``threshold`` ``(C,)`` float32: ``(rows, cols, values)``, row-major.
+
+        Candidate distances are ``1 - p`` (cosine) or ``|g|^2 - 2p + |q|^2`` (Euclidean,
+        clamped at 0), in float32. For cosine they fall as ``p`` grows, so the scan reads
+        the bfloat16 products (half the bytes of a float32 matrix, and no such matrix is
+        built) for ``p`` above a floor a little below the exact cut, and the exact test
+        runs on the few pairs found."""
+        if self.side.metric == "cosine":
+            # fl(1 - p) <= t implies 1 - p <= t + 2**-23 (|t| + 1): a safe floor for p.
+            t = threshold.double().clamp(-_F32_MAX, _F32_MAX)  # no inf - inf below
+            floor = bfloat16_at_least(1.0 - t - 2.0**-22 * (1.0 + t.abs()))
+            # bfloat16 against bfloat16: 4x faster than against a float32 floor.
+            rows, cols = (products >= floor.unsqueeze(1)).nonzero(as_tuple=True)
+            values = torch.sub(1.0, products[rows, cols].float())
+        else:
+            dist = products.float().mul_(-2.0).add_(self.side.sq_norm)
+            dist.add_(block.sq_norm).clamp_(min=0)
+            rows, cols = (dist <= threshold.unsqueeze(1)).nonzero(as_tuple=True)
+            values = dist[rows, cols]
+        keep = values <= threshold[rows]
+        return rows[keep], cols[keep], values[keep]
 
     def _margins(self, rounded: _Rounded) -> torch.Tensor:
         """``(C,)`` float64 per-query ``margin`` (see the class docstring)."""
@@ -392,6 +415,14 @@ class _CandidateDistances:
         exact interval."""
         spread = self.scale * _BF16_OUTPUT_ROUNDING * products.double().abs()
         return (margin + spread) * _WIDEN + _F64_SLACK * values.double().abs()
+
+
+def bfloat16_at_least(values: torch.Tensor) -> torch.Tensor:
+    """The smallest bfloat16 >= each value (float32 or float64, no NaN): a bfloat16 ``x``
+    is ``>= values`` exactly when it is ``>=`` the result."""
+    rounded = values.to(torch.bfloat16)
+    upward = torch.nextafter(rounded, torch.full_like(rounded, math.inf))
+    return torch.where(rounded.double() < values, upward, rounded)
 
 
 def _gamma(n: int) -> float:
@@ -448,6 +479,11 @@ def _order_preserving_bits(values: torch.Tensor) -> torch.Tensor:
     return torch.where(bits >= 0, bits + (1 << 31), (1 << 31) - 1 - (bits & 0x7FFFFFFF))
 
 
+def _row_keys(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordering ``(row, float32 value)`` pairs by row, then by value."""
+    return (rows << 32) | _order_preserving_bits(values)
+
+
 def _rank_chunk(
     dist: torch.Tensor,
     q_pids: torch.Tensor,
@@ -456,21 +492,41 @@ def _rank_chunk(
     g_camids: torch.Tensor,
     lookup: _PositiveLookup,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Metrics for one chunk of queries, ``dist`` being ``(C, G)``.
+    """Metrics for one chunk of queries from its ``(C, G)`` distances: see
+    :func:`_rank_pairs`."""
+    same_id, positive = _positive_slots(q_pids, q_camids, g_pids, g_camids, lookup)
+    hardest = dist.gather(1, same_id).masked_fill_(~positive, float("-inf")).amax(1)
+    # Items no farther than the hardest positive hold every positive and everything ranked
+    # above one.
+    rows, cols = (dist <= hardest.unsqueeze(1)).nonzero(as_tuple=True)  # row-major
+    return _rank_pairs(
+        rows, cols, dist[rows, cols], positive.sum(1), q_pids, q_camids, g_pids, g_camids
+    )
+
+
+def _rank_pairs(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    num_pos: torch.Tensor,
+    q_pids: torch.Tensor,
+    q_camids: torch.Tensor,
+    g_pids: torch.Tensor,
+    g_camids: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Metrics for one chunk of ``C`` queries from the (query row, gallery item) pairs no
+    farther than their query's hardest positive: ``rows``, ``cols`` and float32 distance
+    ``values``, row-major (``cols`` ascending within a row). Every positive must be among
+    them; removed items (same identity and camera, junk) are skipped when counting, so
+    they may or may not be. ``num_pos``: ``(C,)`` positives per query.
 
     Returns ``(first_rank, ap, inp)``, each ``(C,)``; skipped queries have ``first_rank``
     0 and NaN AP / INP. Ranks are 1-based among the query's *valid* gallery items.
     """
-    num_queries = len(dist)
-    same_id, positive = _positive_slots(q_pids, q_camids, g_pids, g_camids, lookup)
-    num_pos = positive.sum(1)
-    hardest = dist.gather(1, same_id).masked_fill_(~positive, float("-inf")).amax(1)
-    # Items no farther than the hardest positive hold every positive and everything ranked
-    # above one; removed items (same camera, junk) among them are skipped when counting.
-    rows, cols = (dist <= hardest.unsqueeze(1)).nonzero(as_tuple=True)  # row-major
+    num_queries = len(num_pos)
     # Order by (query, distance, gallery index) with one stable integer sort (radix-fast):
     # cols already ascend within a row, and the key packs the row above the distance bits.
-    order = ((rows << 32) | _order_preserving_bits(dist[rows, cols])).sort(stable=True)[1]
+    order = _row_keys(rows, values).sort(stable=True)[1]
     rows, cols = rows[order], cols[order]
 
     hit_pid = g_pids[cols] == q_pids[rows]
@@ -499,23 +555,16 @@ def _rank_chunk(
     return first_rank, ap, inp
 
 
+ChunkMetrics = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (first_rank, ap, inp)
+
+
 def _evaluate(
-    distance_chunks: Iterator[tuple[int, torch.Tensor]],
-    q_pids: torch.Tensor,
-    g_pids: torch.Tensor,
-    q_camids: torch.Tensor,
-    g_camids: torch.Tensor,
-    lookup: _PositiveLookup,
-    max_rank: int,
+    chunk_metrics: Iterator[ChunkMetrics], num_gallery: int, max_rank: int,
     return_per_query: bool,
 ) -> RankingResult:
-    num_gallery = len(g_pids)
+    """The means and CMC curve of the per-chunk results of :func:`_rank_pairs`."""
     max_rank = min(max_rank, num_gallery)
-    results = [
-        _rank_chunk(dist, q_pids[s : s + len(dist)], q_camids[s : s + len(dist)], g_pids,
-                    g_camids, lookup)
-        for s, dist in distance_chunks
-    ]
+    results = list(chunk_metrics)
     first_rank, ap, inp = (torch.cat(parts) for parts in zip(*results, strict=True))
 
     valid = first_rank > 0
@@ -592,15 +641,18 @@ def evaluate_distance_matrix(
     labels = _validated_labels(
         query_pids, gallery_pids, query_camids, gallery_camids, num_query, num_gallery, max_rank
     )
+    q_pids, g_pids, q_camids, g_camids = labels
+    lookup = _PositiveLookup(g_pids)
     rows = _rows_per_chunk(num_gallery, chunk_size)
-    chunks = ((s, dist[s : s + rows]) for s in range(0, num_query, rows))
-    return _evaluate(
-        chunks, *labels, lookup=_PositiveLookup(labels[1]), max_rank=max_rank,
-        return_per_query=return_per_query,
+    chunks = (
+        _rank_chunk(dist[s : s + rows], q_pids[s : s + rows], q_camids[s : s + rows], g_pids,
+                    g_camids, lookup)
+        for s in range(0, num_query, rows)
     )
+    return _evaluate(chunks, num_gallery, max_rank, return_per_query)
 
 
-def _settled_distances(
+def _settled_metrics(
     candidates: _CandidateDistances,
     block: _QueryBlock,
     q_pids: torch.Tensor,
@@ -608,87 +660,102 @@ def _settled_distances(
     g_pids: torch.Tensor,
     g_camids: torch.Tensor,
     lookup: _PositiveLookup,
-) -> torch.Tensor:
-    """``(C, G)`` ranking keys that rank every positive exactly as the float32 reference.
+) -> ChunkMetrics:
+    """Metrics of a query block, identical to the float32 reference's, from bfloat16
+    candidates and float32 settlement.
 
-    Keys are the bfloat16 candidate distances, except that the positives and every pair
-    whose order relative to one of its query's positives the error bound cannot decide
-    (its interval ``value +- bound`` holds that positive's reference value) get their
-    float32 reference values. Then for each positive ``p`` and each gallery item ``j``
-    either both keys are reference values, or ``j``'s interval holds its reference value
-    and its key but not ``p``'s reference value, so both lie on the same side of it and
-    ``(key_j, j) < (key_p, p)`` exactly when the reference says so: every positive has
-    its reference rank, and CMC / AP / INP depend on nothing else. (Settling the few
-    positives first leaves each comparison one interval against a point, not two
-    intervals, so fewer pairs need settling.)
+    Ranking keys are the bfloat16 candidate distances, except that the positives and
+    every pair whose order relative to one of its query's positives the error bound
+    cannot decide (its interval ``value +- bound`` holds that positive's reference value)
+    get their float32 reference values. Then for each positive ``p`` and each gallery
+    item ``j`` either both keys are reference values, or ``j``'s interval holds its
+    reference value and its key but not ``p``'s reference value, so both lie on the same
+    side of it and ``(key_j, j) < (key_p, p)`` exactly when the reference says so: every
+    positive has its reference rank, and CMC / AP / INP depend on nothing else. (Settling
+    the few positives first leaves each comparison one interval against a point, not two
+    intervals, so fewer pairs need settling.) Items of the query's identity that are not
+    positives, and junk items, are removed from its ranking: they are left out.
     """
-    dist, products, margin, cap = candidates.distances(block)
+    products, margin, cap = candidates.products(block)
     if not (bool(torch.isfinite(margin).all()) and float(cap.max()) < _BF16_SAFE_PRODUCT):
-        return candidates.side.distances(block)  # the bound would overflow: no shortcut
+        # The bound would overflow: no shortcut.
+        return _rank_chunk(candidates.side.distances(block), q_pids, q_camids, g_pids,
+                           g_camids, lookup)
     same_id, positive = _positive_slots(q_pids, q_camids, g_pids, g_camids, lookup)
-    pos_rows, pos_slots = positive.nonzero(as_tuple=True)
-    # A block of at most one group is multiplied whole, in its own order: the reference's
-    # call (MKL's GEMM gives other bits for 5 to 7 and 9 to 11 rows than for 4, 8, >= 12).
-    row_order = (
-        torch.argsort(q_pids, stable=True)
-        if len(q_pids) > _SETTLE_GROUP_ROWS
-        else torch.arange(len(q_pids))
-    )
-    _settle(dist, candidates.side, block, pos_rows, same_id[pos_rows, pos_slots], row_order)
-    pos_values = dist.gather(1, same_id).double()
-    upper = pos_values.masked_fill(~positive, -math.inf)
-    lower = pos_values.masked_fill_(~positive, math.inf)
+    pos_rows, pos_slots = positive.nonzero(as_tuple=True)  # row-major
+    pos_cols = same_id[pos_rows, pos_slots]
+    row_order = torch.argsort(q_pids, stable=True)
+    pos_values = _settle(candidates.side, block, pos_rows, pos_cols, row_order)
+    hardest = torch.full((len(q_pids),), -math.inf, dtype=torch.float64).scatter_reduce_(
+        0, pos_rows, pos_values.double(), reduce="amax"
+    )  # -inf for a query without positives: nothing to rank
     # Only items whose interval starts below the hardest positive can precede a
     # positive; `cap` bounds every |p| of the row, hence every item's bound.
-    hardest = upper.amax(1)  # -inf for a query without positives: no candidates
     reach = hardest + candidates.pair_bounds(margin, cap, hardest.nan_to_num(neginf=0.0))
     threshold = torch.nextafter(reach.float(), torch.tensor(math.inf))  # never rounds down
-    rows, cols = (dist <= threshold.unsqueeze(1)).nonzero(as_tuple=True)
-    step = max(1, _CHUNK_ELEMENTS // max(same_id.shape[1], 1))
+    rows, cols, values = candidates.within(products, block, threshold)
+    ranked_negative = (g_pids[cols] != q_pids[rows]) & (g_pids[cols] != -1)
+    rows, cols, values = rows[ranked_negative], cols[ranked_negative], values[ranked_negative]
+    positive_keys = _row_keys(pos_rows, pos_values).sort()[0]
+    step = _CHUNK_ELEMENTS // 16  # pairs tested at once: ~100 bytes of temporaries each
     undecided = torch.cat([
-        _overlaps_a_positive(candidates, dist, products, margin, lower, upper,
-                             rows[s : s + step], cols[s : s + step])
+        _holds_a_positive(candidates, products, margin, positive_keys, rows[s : s + step],
+                          cols[s : s + step], values[s : s + step])
         for s in range(0, len(rows), step)
-    ]) if len(rows) else torch.zeros(0, dtype=torch.bool)
-    _settle(dist, candidates.side, block, rows[undecided], cols[undecided], row_order)
-    return dist
+    ]).nonzero().squeeze(1) if len(rows) else torch.zeros(0, dtype=torch.int64)
+    values[undecided] = _settle(
+        candidates.side, block, rows[undecided], cols[undecided], row_order
+    )
+    # The negatives no farther than the hardest positive, and the positives, row-major.
+    ahead = values <= hardest[rows]
+    rows = torch.cat([rows[ahead], pos_rows])
+    cols = torch.cat([cols[ahead], pos_cols])
+    order = (rows * len(g_pids) + cols).sort()[1]
+    return _rank_pairs(
+        rows[order], cols[order], torch.cat([values[ahead], pos_values])[order],
+        positive.sum(1), q_pids, q_camids, g_pids, g_camids,
+    )
 
 
-def _overlaps_a_positive(candidates, dist, products, margin, lower, upper, rows, cols):
-    """``(n,)`` bool: does the interval of pair ``(rows, cols)`` hold one of its query's
-    positive reference values (``(C, M)`` float64, ``-inf`` in ``upper`` and ``+inf`` in
-    ``lower`` where a slot is no positive)?"""
-    values = dist[rows, cols].double()
+def _holds_a_positive(candidates, products, margin, positive_keys, rows, cols, values):
+    """``(n,)`` bool: does the interval of pair ``(rows, cols)``, candidate distance
+    ``values``, hold a positive reference value of its query? ``positive_keys``: the
+    sorted :func:`_row_keys` of every (query row, positive reference value)."""
+    values = values.double()
     bounds = candidates.pair_bounds(margin[rows], products[rows, cols], values)
-    low, high = (values - bounds).unsqueeze(1), (values + bounds).unsqueeze(1)
-    return ((low <= upper[rows]) & (high >= lower[rows])).any(1)
+    # Ends rounded outwards to float32 (one more step than needed): the interval only grows.
+    low = torch.nextafter((values - bounds).float(), torch.tensor(-math.inf))
+    high = torch.nextafter((values + bounds).float(), torch.tensor(math.inf))
+    first = torch.searchsorted(positive_keys, _row_keys(rows, low), side="left")
+    past = torch.searchsorted(positive_keys, _row_keys(rows, high), side="right")
+    return past > first
 
 
 def _settle(
-    dist: torch.Tensor,
     side: _GallerySide,
     block: _QueryBlock,
     rows: torch.Tensor,
     cols: torch.Tensor,
     row_order: torch.Tensor,
-) -> None:
-    """Overwrite ``dist[rows, cols]`` with the float32 reference values, in place.
+) -> torch.Tensor:
+    """The float32 reference distances of the pairs ``(rows, cols)``, ``(n,)``.
 
     Query rows are taken ``_SETTLE_GROUP_ROWS`` at a time in ``row_order`` (a permutation
-    of the block's rows; fewer only when the whole block is smaller, and then in the
-    block's own order: the reference's call), and each group is multiplied by the union
-    of the columns its rows need, padded to ``_MIN_SETTLE_COLUMNS``, with the reference's
-    own GEMM call, so each value has the bits the reference computes. Ordering rows by
-    identity puts queries whose pairs lie around the same positives in one group, so the
-    unions, which cost a gather and a product each, are smaller.
+    of the block's rows, at least that many), and each group is multiplied by the union
+    of the columns its rows need, padded to ``_MIN_SETTLE_COLUMNS``, a piece at a time
+    (:func:`_column_pieces`), with the reference's own GEMM call, so each value has the
+    bits the reference computes. Ordering rows by identity puts queries whose pairs lie
+    around the same positives in one group, so the unions, which cost a gather and a
+    product each, are smaller.
     """
-    num_rows, num_gallery = dist.shape
+    num_rows, num_gallery = len(row_order), len(side.gallery)
+    values = torch.empty(len(rows))
     padding = torch.arange(min(_MIN_SETTLE_COLUMNS, num_gallery))
     position = torch.empty_like(row_order)
     position[row_order] = torch.arange(num_rows)
     pair_position = position[rows]
     by_group = torch.argsort(pair_position, stable=True)
-    rows, cols, pair_position = rows[by_group], cols[by_group], pair_position[by_group]
+    cols, pair_position = cols[by_group], pair_position[by_group]
     bounds = torch.arange(0, num_rows + _SETTLE_GROUP_ROWS, _SETTLE_GROUP_ROWS)
     slices = torch.searchsorted(pair_position, bounds.clamp(max=num_rows)).tolist()
     for index, (first, last) in enumerate(itertools.pairwise(slices)):
@@ -698,10 +765,23 @@ def _settle(
         start = max(0, stop - _SETTLE_GROUP_ROWS)
         c = cols[first:last]
         columns = torch.unique(torch.cat([c, padding]))
-        exact = side.distances(block, rows=row_order[start:stop], columns=columns)
-        dist[rows[first:last], c] = exact[
+        exact = torch.cat([
+            side.distances(block, rows=row_order[start:stop], columns=columns[a:b])
+            for a, b in _column_pieces(len(columns))
+        ], dim=1)
+        values[by_group[first:last]] = exact[
             pair_position[first:last] - start, torch.searchsorted(columns, c)
         ]
+    return values
+
+
+def _column_pieces(num_columns: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` pieces of ``_SETTLE_PIECE_COLUMNS`` columns covering
+    ``num_columns`` (>= ``_MIN_SETTLE_COLUMNS``), none narrower than that minimum."""
+    starts = list(range(0, num_columns, _SETTLE_PIECE_COLUMNS))
+    if len(starts) > 1 and num_columns - starts[-1] < _MIN_SETTLE_COLUMNS:
+        starts.pop()  # the last piece takes the remainder
+    return itertools.pairwise([*starts, num_columns])
 
 
 def native_bfloat16_matmul() -> bool:
@@ -732,18 +812,20 @@ def resolve_precision(precision: str, num_query: int, num_gallery: int, dim: int
     return "bfloat16" if large and native_bfloat16_matmul() else "float32"
 
 
-def _chunk_distances(
+def _chunk_metrics(
     side: _GallerySide,
     precision: str,
     labels: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     lookup: _PositiveLookup,
-) -> Callable[[int, torch.Tensor], torch.Tensor]:
-    """``(start, queries (C, D)) -> (C, G)`` ranking keys for ``precision`` (one of
-    ``PRECISIONS``)."""
+) -> Callable[[int, torch.Tensor], ChunkMetrics]:
+    """``(start, queries (C, D)) -> `` the chunk's :func:`_rank_pairs` results, computed
+    with ``precision`` (one of ``PRECISIONS``)."""
     q_pids, g_pids, q_camids, g_camids = labels
 
-    def reference(start: int, queries: torch.Tensor) -> torch.Tensor:
-        return side.distances(side.queries(queries))
+    def reference(start: int, queries: torch.Tensor) -> ChunkMetrics:
+        stop = start + len(queries)
+        return _rank_chunk(side.distances(side.queries(queries)), q_pids[start:stop],
+                           q_camids[start:stop], g_pids, g_camids, lookup)
 
     # Settlement needs the reference GEMM to behave the same on column subsets, which
     # holds from _MIN_SETTLE_COLUMNS columns; smaller galleries cost nothing anyway. A
@@ -758,9 +840,13 @@ def _chunk_distances(
     if not candidates.usable:
         return reference
 
-    def settled(start: int, queries: torch.Tensor) -> torch.Tensor:
+    def settled(start: int, queries: torch.Tensor) -> ChunkMetrics:
+        if len(queries) < _SETTLE_GROUP_ROWS:
+            # Fewer rows than one settlement group: the reference's own call for so few
+            # rows gives other bits than the group's (MKL), and it is cheap.
+            return reference(start, queries)
         stop = start + len(queries)
-        return _settled_distances(
+        return _settled_metrics(
             candidates, side.queries(queries), q_pids[start:stop], q_camids[start:stop],
             g_pids, g_camids, lookup,
         )
@@ -827,9 +913,7 @@ def evaluate_ranking(
     _check_query_norms(q, metric)
     lookup = _PositiveLookup(labels[1])
     precision = resolve_precision(precision, len(q), len(g), g.shape[1])
-    distances = _chunk_distances(gallery_side, precision, labels, lookup)
+    metrics = _chunk_metrics(gallery_side, precision, labels, lookup)
     rows = _rows_per_chunk(len(g), chunk_size)
-    chunks = ((s, distances(s, q[s : s + rows])) for s in range(0, len(q), rows))
-    return _evaluate(
-        chunks, *labels, lookup=lookup, max_rank=max_rank, return_per_query=return_per_query
-    )
+    chunks = (metrics(s, q[s : s + rows]) for s in range(0, len(q), rows))
+    return _evaluate(chunks, len(g), max_rank, return_per_query)
