@@ -448,11 +448,12 @@ def test_settlement_gemm_reproduces_the_reference_bits(metric):
 def test_auto_precision_picks_as_documented(native, monkeypatch):
     monkeypatch.setattr(ranking, "native_bfloat16_matmul", lambda: native)
     queries, values = ranking._AUTO_MIN_QUERIES, ranking._AUTO_MIN_GALLERY_VALUES
-    # MSMT17 and Market-1501 galleries at 2048-d take bfloat16, Market at 768-d float32.
+    # MSMT17 and Market-1501 galleries at 2048-d and 768-d take bfloat16, 256-d float32.
     fast = "bfloat16" if native else "float32"
     assert resolve_precision("auto", queries, 82_161, 2048) == fast
     assert resolve_precision("auto", queries, 15_913, 2048) == fast
-    assert resolve_precision("auto", queries, 15_913, 768) == "float32"
+    assert resolve_precision("auto", queries, 15_913, 768) == fast
+    assert resolve_precision("auto", queries, 15_913, 256) == "float32"
     assert resolve_precision("auto", queries, values // 2, 2) == fast
     assert resolve_precision("auto", queries, values - 1, 1) == "float32"
     assert resolve_precision("auto", queries - 1, values, 1) == "float32"

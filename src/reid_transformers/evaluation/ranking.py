@@ -45,11 +45,12 @@ PRECISIONS = ("bfloat16", "float32")
 RANKING_PRECISIONS = ("auto", *PRECISIONS)
 
 # precision="auto" takes the bfloat16 path from these sizes on. benchmarks/bench_ranking.py
-# (2 CPU cores) measured it slower than float32 for 15,913 gallery items of 768-d (12.2 M
-# gallery values; settling costs per pair, the product per value) and faster for 15,913
-# and 82,161 items of 2048-d (32.6 M and 168 M values); for few queries its fixed cost,
-# rounding the gallery, weighs more than the per-query saving.
-_AUTO_MIN_GALLERY_VALUES = 20_000_000
+# (2 CPU cores) measured it faster than float32 for 15,913 gallery items of 768-d (12.2 M
+# gallery values; 1.11x and 1.24x in two runs) and of 2048-d (32.6 M) and for 82,161 items
+# of 2048-d (168 M); settling costs per pair whatever the dimension while the product it
+# saves costs per value, so small, narrow galleries stay float32, and for few queries the
+# fixed cost, rounding the gallery, weighs more than the per-query saving.
+_AUTO_MIN_GALLERY_VALUES = 10_000_000
 _AUTO_MIN_QUERIES = 1_000
 
 # Elements of one (query chunk x gallery) distance block: 2**25 float32 = 128 MiB. Every
