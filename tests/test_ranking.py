@@ -415,7 +415,7 @@ def test_bfloat16_error_bound_holds(metric, scale):
     block = side.queries(q)
     products, margin, cap = candidates.products(block)
     everything = torch.full((len(q),), math.inf)
-    rows, cols, values = candidates.within(products, block, everything)
+    rows, cols, values = candidates.within(products, block, everything, products.numel())
     assert len(values) == products.numel()
     dist = values.reshape(products.shape)
     reference = side.distances(block)
@@ -503,11 +503,12 @@ def test_candidate_scan_finds_exactly_the_pairs_within_the_threshold(metric):
         dense = dense.clamp(min=0)
     threshold = dense[torch.arange(12), torch.from_numpy(rng.integers(0, 400, size=12))]
     threshold[0], threshold[1] = -math.inf, math.inf
-    rows, cols, values = candidates.within(products, block, threshold)
+    rows, cols, values = candidates.within(products, block, threshold, products.numel())
     expected_rows, expected_cols = (dense <= threshold.unsqueeze(1)).nonzero(as_tuple=True)
     assert torch.equal(rows, expected_rows) and torch.equal(cols, expected_cols)
     assert torch.equal(values, dense[rows, cols])
     assert 0 < len(rows) < products.numel()
+    assert candidates.within(products, block, threshold, limit=len(rows) - 1) is None
 
 
 def test_column_pieces_are_never_narrower_than_the_minimum():
@@ -559,3 +560,18 @@ def test_bfloat16_precision_ranks_negatives_tied_with_positives(metric):
     assert_identical(fast, exact)
     assert exact.mean_ap < both_precisions(q, g[60:], qp, gp[60:], qc, gc[60:],
                                            metric=metric)[1].mean_ap
+
+
+def test_bfloat16_precision_falls_back_to_the_reference_for_useless_embeddings(monkeypatch):
+    # Random embeddings put most of the gallery ahead of some positive: the chunk is
+    # computed densely (only the positives are settled) and the metrics stay identical.
+    settled = []
+    settle = ranking._settle
+    monkeypatch.setattr(ranking, "_settle", lambda side, block, rows, cols, order: (
+        settled.append(len(rows)), settle(side, block, rows, cols, order))[1])
+    q, g, qp, gp, qc, gc = make_problem(7, noise=50.0, dim=32)
+    fast, exact = both_precisions(q, g, qp, gp, qc, gc)
+    assert_identical(fast, exact)
+    assert exact.mean_ap < 0.5
+    num_positives = sum(int(((gp == p) & (gc != c)).sum()) for p, c in zip(qp, qc, strict=True))
+    assert settled == [num_positives]

@@ -84,6 +84,11 @@ _MIN_SETTLE_COLUMNS = 64
 # while it is still in cache, which made settlement several times faster than gathering
 # all of a group's columns first.
 _SETTLE_PIECE_COLUMNS = 512
+# A chunk whose candidates (items that could precede a positive) exceed this fraction of
+# its pairs is computed by the reference instead: settling a pair costs about as much as
+# 40 pairs of the dense float32 product (bench_ranking.py's features put ~1% of the pairs
+# there; an untrained model's put ~80%).
+_MAX_CANDIDATE_FRACTION = 1 / 16
 # Products beyond this could overflow float32 in the candidate distances: no shortcut then.
 _BF16_SAFE_PRODUCT = 2.0**120
 
@@ -360,10 +365,11 @@ class _CandidateDistances:
         return products, margin, cap
 
     def within(
-        self, products: torch.Tensor, block: _QueryBlock, threshold: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, products: torch.Tensor, block: _QueryBlock, threshold: torch.Tensor, limit: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The pairs whose candidate distance (squared for Euclidean) is at most their
-        row's ``threshold`` ``(C,)`` float32: ``(rows, cols, values)``, row-major.
+        row's ``threshold`` ``(C,)`` float32: ``(rows, cols, values)``, row-major; or
+        ``None`` when more than ``limit`` pairs (a slight over-count for cosine) are found.
 
         Candidate distances are ``1 - p`` (cosine) or ``|g|^2 - 2p + |q|^2`` (Euclidean,
         clamped at 0), in float32. For cosine they fall as ``p`` grows, so the scan reads
@@ -375,12 +381,17 @@ class _CandidateDistances:
             t = threshold.double().clamp(-_F32_MAX, _F32_MAX)  # no inf - inf below
             floor = bfloat16_at_least(1.0 - t - 2.0**-22 * (1.0 + t.abs()))
             # bfloat16 against bfloat16: 4x faster than against a float32 floor.
-            rows, cols = (products >= floor.unsqueeze(1)).nonzero(as_tuple=True)
-            values = torch.sub(1.0, products[rows, cols].float())
+            found = products >= floor.unsqueeze(1)
         else:
             dist = products.float().mul_(-2.0).add_(self.side.sq_norm)
             dist.add_(block.sq_norm).clamp_(min=0)
-            rows, cols = (dist <= threshold.unsqueeze(1)).nonzero(as_tuple=True)
+            found = dist <= threshold.unsqueeze(1)
+        if int(torch.count_nonzero(found)) > limit:  # no int64 copy, unlike sum()
+            return None
+        rows, cols = found.nonzero(as_tuple=True)
+        if self.side.metric == "cosine":
+            values = torch.sub(1.0, products[rows, cols].float())
+        else:
             values = dist[rows, cols]
         keep = values <= threshold[rows]
         return rows[keep], cols[keep], values[keep]
@@ -677,11 +688,13 @@ def _settled_metrics(
     intervals, so fewer pairs need settling.) Items of the query's identity that are not
     positives, and junk items, are removed from its ranking: they are left out.
     """
-    products, margin, cap = candidates.products(block)
-    if not (bool(torch.isfinite(margin).all()) and float(cap.max()) < _BF16_SAFE_PRODUCT):
-        # The bound would overflow: no shortcut.
+    def reference() -> ChunkMetrics:
         return _rank_chunk(candidates.side.distances(block), q_pids, q_camids, g_pids,
                            g_camids, lookup)
+
+    products, margin, cap = candidates.products(block)
+    if not (bool(torch.isfinite(margin).all()) and float(cap.max()) < _BF16_SAFE_PRODUCT):
+        return reference()  # the bound would overflow: no shortcut
     same_id, positive = _positive_slots(q_pids, q_camids, g_pids, g_camids, lookup)
     pos_rows, pos_slots = positive.nonzero(as_tuple=True)  # row-major
     pos_cols = same_id[pos_rows, pos_slots]
@@ -694,7 +707,14 @@ def _settled_metrics(
     # positive; `cap` bounds every |p| of the row, hence every item's bound.
     reach = hardest + candidates.pair_bounds(margin, cap, hardest.nan_to_num(neginf=0.0))
     threshold = torch.nextafter(reach.float(), torch.tensor(math.inf))  # never rounds down
-    rows, cols, values = candidates.within(products, block, threshold)
+    found = candidates.within(
+        products, block, threshold, limit=int(products.numel() * _MAX_CANDIDATE_FRACTION)
+    )
+    if found is None:
+        # Poor embeddings put much of the gallery ahead of a positive; settling pairs one
+        # gathered column at a time then costs more than the reference's dense product.
+        return reference()
+    rows, cols, values = found
     ranked_negative = (g_pids[cols] != q_pids[rows]) & (g_pids[cols] != -1)
     rows, cols, values = rows[ranked_negative], cols[ranked_negative], values[ranked_negative]
     positive_keys = _row_keys(pos_rows, pos_values).sort()[0]
