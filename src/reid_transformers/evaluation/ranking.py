@@ -85,9 +85,10 @@ _MIN_SETTLE_COLUMNS = 64
 # all of a group's columns first.
 _SETTLE_PIECE_COLUMNS = 512
 # A chunk whose candidates (items that could precede a positive) exceed this fraction of
-# its pairs is computed by the reference instead: settling a pair costs about as much as
-# 40 pairs of the dense float32 product (bench_ranking.py's features put ~1% of the pairs
-# there; an untrained model's put ~80%).
+# its pairs is computed by the reference instead: settling a pair (a gathered float32
+# gallery row) costs tens of times more than a pair of the dense float32 product. On
+# Market-1501-sized galleries ~1% of the pairs were candidates with bench_ranking.py's
+# features, 78-97% with near-useless ones (its "market poor" case).
 _MAX_CANDIDATE_FRACTION = 1 / 16
 # Products beyond this could overflow float32 in the candidate distances: no shortcut then.
 _BF16_SAFE_PRODUCT = 2.0**120
