@@ -115,7 +115,7 @@ def run_child(
 
         from reid_transformers.evaluation.reranking import k_reciprocal_rerank
 
-        precision = "float32" if variant == "float32" else None
+        precision = "float32" if variant == "float32" else "auto"
         inputs = [torch.from_numpy(x).to(device) for x in (query, gallery)]
 
         def rerank() -> np.ndarray:

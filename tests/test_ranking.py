@@ -575,3 +575,14 @@ def test_bfloat16_precision_falls_back_to_the_reference_for_useless_embeddings(m
     assert exact.mean_ap < 0.5
     num_positives = sum(int(((gp == p) & (gc != c)).sum()) for p, c in zip(qp, qc, strict=True))
     assert settled == [num_positives]
+
+
+def test_all_finite_checks_entries_when_the_sum_overflows() -> None:
+    huge = torch.full((4, 3), 3e38)
+    assert not np.isfinite(float(huge.sum()))
+    assert ranking.all_finite(huge)
+    for bad in (torch.inf, -torch.inf, torch.nan):
+        with_bad = huge.clone()
+        with_bad[2, 1] = bad
+        assert not ranking.all_finite(with_bad)
+        assert not ranking.all_finite(torch.tensor([[1.0, bad]]))

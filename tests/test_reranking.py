@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,15 +192,24 @@ def test_auto_precision_is_bfloat16_exactly_on_cpus_with_native_bfloat16(
 
 
 @pytest.mark.parametrize("offset", [0.0, 30.0])
-def test_bfloat16_interval_holds_the_exact_distance(offset: float) -> None:
+@pytest.mark.parametrize("shift_scale", [None, 0.0, 1.0, 10.0])
+def test_bfloat16_interval_holds_the_exact_distance(
+    offset: float, shift_scale: float | None
+) -> None:
     """Every exact float32 distance lies in [lower(p), upper(p)] of its bfloat16 product,
-    including for norms spread over four orders of magnitude."""
+    including for norms spread over four orders of magnitude, whatever the shift (the
+    sampled estimate, zero, or multiples of the mean squared norm)."""
     rng = np.random.default_rng(17)
     raw = rng.normal(size=(300, 64)) * 10.0 ** rng.uniform(-2, 2, size=(300, 1)) + offset
     features = reranking._prepare_features(torch.from_numpy(raw.astype(np.float32)), "euclidean")
     items = torch.arange(len(features))
     sq_norms = reranking._pair_dots(features, items, items)
-    bounds = reranking._shifted_half_distances(features, sq_norms)
+    if shift_scale is None:
+        shift = reranking._typical_near_distance(features, sq_norms, 22)
+    else:
+        shift = shift_scale * float(sq_norms.mean())
+    bounds = reranking._shifted_half_distances(features, sq_norms, shift)
+    assert bounds.shift == shift
     p = (bounds.left @ bounds.right.T).double()
     rows, cols = torch.meshgrid(items, items, indexing="ij")
     exact = reranking._pair_distances(features, sq_norms, rows.flatten(), cols.flatten())
@@ -445,3 +458,140 @@ def test_invalid_inputs(kwargs: dict, error: type[Exception], match: str) -> Non
     args.update(kwargs)
     with pytest.raises(error, match=match):
         k_reciprocal_rerank(args.pop("query_embeddings"), args.pop("gallery_embeddings"), **args)
+
+
+def finite_bfloat16_values() -> torch.Tensor:
+    """Every finite bfloat16 value (both zeros included), as a bfloat16 tensor."""
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    values = bits.view(torch.bfloat16)
+    return values[torch.isfinite(values)]
+
+
+def test_order_keys_order_like_the_values_and_invert() -> None:
+    values = finite_bfloat16_values()
+    keys = reranking._order_keys_(values.view(torch.int16).clone())
+    order = torch.argsort(keys)
+    ascending = values[order].float()
+    assert bool((ascending[1:] >= ascending[:-1]).all())
+    # -0 sorts just below +0, so the order is strict apart from that pair.
+    zero = ascending == 0
+    assert int(zero.sum()) == 2 and bool((ascending[1:] > ascending[:-1])[~zero[1:]].all())
+    restored = reranking._order_keys_(keys.clone())
+    assert torch.equal(restored, values.view(torch.int16))
+    assert torch.equal(reranking._keys_to_float(keys), values.float())
+
+
+def test_limit_keys_select_exactly_the_values_within_the_limit() -> None:
+    """``key <= _keys_at_most(limit)`` iff ``p <= limit`` and ``key >= _keys_at_least(limit)``
+    iff ``p >= limit``, for every finite bfloat16 ``p``, including limits that are zero
+    (either sign), tiny, infinite, representable or between two bfloat16 values."""
+    values = finite_bfloat16_values()
+    keys = reranking._order_keys_(values.view(torch.int16).clone())
+    p = values.double()
+    limits = torch.tensor(
+        [0.0, -0.0, 1e-40, -1e-40, 1e-45, -1e-45, torch.inf, -torch.inf, 3.0, -3.0,
+         3.0078125, 3.01, -3.01, 1e30, -1e30, 3.3e38, -3.3e38], dtype=torch.float64,
+    )
+    generator = torch.Generator().manual_seed(0)
+    random_limits = torch.randn(50, dtype=torch.float64, generator=generator) * 1e3
+    limits = torch.cat([limits, random_limits])
+    at_most, at_least = reranking._keys_at_most(limits), reranking._keys_at_least(limits)
+    for limit, most, least in zip(limits, at_most, at_least, strict=True):
+        assert torch.equal(keys <= most, p <= limit), float(limit)
+        assert torch.equal(keys >= least, p >= limit), float(limit)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (7, 13), (16, 8)])
+def test_true_positions_match_nonzero_and_ignore_the_padding(shape: tuple[int, int]) -> None:
+    generator = torch.Generator().manual_seed(sum(shape))
+    size = shape[0] * shape[1]
+    mask_buf = torch.ones(reranking._padded(size) + 8, dtype=torch.bool)
+    mask = mask_buf[:size].view(shape)
+    mask.copy_(torch.rand(shape, generator=generator) < 0.3)
+    rows, cols = reranking._true_positions(mask, mask_buf)
+    expected = torch.nonzero(mask)
+    assert torch.equal(rows, expected[:, 0]) and torch.equal(cols, expected[:, 1])
+
+
+def test_typical_near_distance_is_the_kth_distance_on_a_full_sample(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the sample holds every item, the estimate is the median k-th distance exactly;
+    on a subsample it stays close to it."""
+    query, gallery, _, _ = clustered(3, num_query=0, num_gallery=200, dim=8)
+    features = reranking._prepare_features(torch.from_numpy(gallery), "euclidean")
+    items = torch.arange(len(features))
+    sq_norms = reranking._pair_dots(features, items, items)
+    dist = torch.cdist(features.double(), features.double()) ** 2
+    kth = dist.kthvalue(5, dim=1).values
+    estimate = reranking._typical_near_distance(features, sq_norms, 5)
+    assert estimate == pytest.approx(float(kth.median()), rel=1e-4)
+    monkeypatch.setattr(reranking, "_SAMPLE_ROWS", 50)
+    monkeypatch.setattr(reranking, "_SAMPLE_COLS", 100)
+    subsampled = reranking._typical_near_distance(features, sq_norms, 5)
+    assert float(kth.quantile(0.1)) < subsampled < float(kth.quantile(0.9))
+
+
+def test_limit_grid_combines_row_and_column_limits() -> None:
+    rows, cols = torch.tensor([1.0, 5.0, 3.0]), torch.tensor([4.0, 2.0])
+    out = torch.empty(3, 2)
+    grid = reranking._limit_grid(rows, cols, torch.maximum, out)
+    assert grid.data_ptr() == out.data_ptr()
+    assert torch.equal(grid, torch.tensor([[4.0, 2.0], [5.0, 5.0], [4.0, 3.0]]))
+    assert torch.equal(reranking._limit_grid(rows, None, torch.maximum, out), rows.unsqueeze(1))
+
+
+@pytest.mark.parametrize("chunk_size", [4, 9])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_matches_reference_when_every_distance_ties(chunk_size: int, precision: str) -> None:
+    """Equidistant points (scaled one-hot vectors, some repeated): distances tie at the
+    k1 + 1 boundary and at the row maximum, in every panel of the schedule. With 64 items
+    the centring shift is a multiple of 1/32, so the ties stay exact in float32 and in
+    bfloat16."""
+    rng = np.random.default_rng(4)
+    points = 2.0 * np.eye(24, dtype=np.float32)
+    gallery = points[rng.integers(24, size=48)]
+    query = points[rng.integers(24, size=16)]
+    expected = reference_rerank(query, gallery, 7, 3, 0.3)
+    got = k_reciprocal_rerank(
+        query, gallery, k1=7, k2=3, metric="euclidean", chunk_size=chunk_size,
+        precision=precision,
+    )
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_near_or_far_hits_are_the_entries_within_a_row_or_column_limit(diagonal: bool) -> None:
+    generator = torch.Generator().manual_seed(5)
+    num_items, rows, cols = 20, slice(3, 9), slice(3, 9) if diagonal else slice(11, 18)
+    keys = torch.randint(-50, 50, (6, 6 if diagonal else 7), generator=generator)
+    keys = keys.to(torch.int16)
+    near = torch.randint(-60, 0, (num_items,), generator=generator).to(torch.int16)
+    far = torch.randint(0, 60, (num_items,), generator=generator).to(torch.int16)
+    size = keys.numel()
+    grid_bufs = tuple(torch.empty(size, dtype=torch.int16) for _ in range(2))
+    mask_buf = torch.empty(2, reranking._padded(size), dtype=torch.bool)
+    i, j = reranking._near_or_far_hits(
+        keys, (near, far), rows, None if diagonal else cols, grid_bufs, mask_buf
+    )
+    expected = (keys <= near[rows].unsqueeze(1)) | (keys >= far[rows].unsqueeze(1))
+    if not diagonal:
+        expected |= (keys <= near[cols].unsqueeze(0)) | (keys >= far[cols].unsqueeze(0))
+    found = torch.zeros_like(expected)
+    found[i, j] = True
+    assert torch.equal(found, expected) and 0 < i.numel() < size
+
+
+def test_benchmark_script_tiny_run_compares_both_precisions() -> None:
+    """``benchmarks/bench_reranking.py`` runs end to end (both variants of ours, each in a
+    child process) and reports them equal."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_reranking.py"
+    command = [sys.executable, str(script), "--queries", "6", "--gallery", "40", "--ids", "5",
+               "--dim", "8", "--skip-baseline", "--threads", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    rows = [line.split()[:2] for line in lines if line.startswith(("ours ", "float32 "))]
+    assert [row for row in rows if row[1] != "/"] == [["ours", "6x40"], ["float32", "6x40"]]
+    assert "entries differing by more than 1e-5: 0.00e+00" in result.stdout
