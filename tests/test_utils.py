@@ -5,6 +5,7 @@ import errno
 import functools
 import multiprocessing
 import os
+import platform
 import re
 import signal
 import sys
@@ -280,3 +281,22 @@ def test_check_in_range_writes_the_interval(value, low_inclusive, high_inclusive
     interval = f"{'[' if low_inclusive else '('}0, 1{']' if high_inclusive else ')'}"
     with pytest.raises(ValueError, match=rf"p must be in {re.escape(interval)}, got"):
         check()
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="needs glibc's malloc_trim")
+def test_release_freed_memory_returns_the_heap_to_the_system():
+    # 100 KB blocks come from glibc's heap; the last one, kept, stops free() from trimming
+    # the heap's top, so the freed blocks stay resident until malloc_trim releases them.
+    blocks = [np.ones(12_500) for _ in range(2_000)]  # ~200 MB
+    keep = blocks.pop()
+    del blocks
+    before = _resident_mb()
+    assert utils.release_freed_memory()
+    assert _resident_mb() < before - 100
+    assert keep.sum() == 12_500
