@@ -586,3 +586,17 @@ def test_all_finite_checks_entries_when_the_sum_overflows() -> None:
         with_bad[2, 1] = bad
         assert not ranking.all_finite(with_bad)
         assert not ranking.all_finite(torch.tensor([[1.0, bad]]))
+
+
+def test_order_preserving_bits_sort_float32_values_like_the_values():
+    special = [-math.inf, -3e38, -1.0, -1e-45, -0.0, 0.0, 1e-45, 1e-38, 0.5, 1.0, 3e38, math.inf]
+    rng = np.random.default_rng(10)
+    values = torch.tensor(special + list(rng.normal(size=200) * 10.0 ** rng.integers(-30, 30, 200)),
+                          dtype=torch.float32)
+    keys = ranking._order_preserving_bits(values)
+    assert bool(((keys >= 0) & (keys < 2**32)).all())
+    order = torch.argsort(keys, stable=True)
+    assert bool((values[order][1:] >= values[order][:-1]).all())
+    assert keys[4] == keys[5]  # -0.0 and 0.0 are equal distances
+    bits = values.view(torch.int32).clone()
+    assert torch.equal(ranking.order_keys_(ranking.order_keys_(bits)), values.view(torch.int32))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from reid_transformers.evaluation import reranking
-from reid_transformers.evaluation.ranking import PRECISIONS
+from reid_transformers.evaluation.ranking import PRECISIONS, order_keys_
 from reid_transformers.evaluation.reranking import k_reciprocal_rerank
 
 
@@ -469,14 +469,14 @@ def finite_bfloat16_values() -> torch.Tensor:
 
 def test_order_keys_order_like_the_values_and_invert() -> None:
     values = finite_bfloat16_values()
-    keys = reranking._order_keys_(values.view(torch.int16).clone())
+    keys = order_keys_(values.view(torch.int16).clone())
     order = torch.argsort(keys)
     ascending = values[order].float()
     assert bool((ascending[1:] >= ascending[:-1]).all())
     # -0 sorts just below +0, so the order is strict apart from that pair.
     zero = ascending == 0
     assert int(zero.sum()) == 2 and bool((ascending[1:] > ascending[:-1])[~zero[1:]].all())
-    restored = reranking._order_keys_(keys.clone())
+    restored = order_keys_(keys.clone())
     assert torch.equal(restored, values.view(torch.int16))
     assert torch.equal(reranking._keys_to_float(keys), values.float())
 
@@ -486,7 +486,7 @@ def test_limit_keys_select_exactly_the_values_within_the_limit() -> None:
     iff ``p >= limit``, for every finite bfloat16 ``p``, including limits that are zero
     (either sign), tiny, infinite, representable or between two bfloat16 values."""
     values = finite_bfloat16_values()
-    keys = reranking._order_keys_(values.view(torch.int16).clone())
+    keys = order_keys_(values.view(torch.int16).clone())
     p = values.double()
     limits = torch.tensor(
         [0.0, -0.0, 1e-40, -1e-40, 1e-45, -1e-45, torch.inf, -torch.inf, 3.0, -3.0,

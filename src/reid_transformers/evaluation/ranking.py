@@ -495,11 +495,24 @@ def _positive_slots(
     return same_id, positive
 
 
+def order_keys_(bits: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Turn float bit patterns (``bits``: int16 for bfloat16, int32 for float32, any shape)
+    in place into signed integer keys that order like the values (``-0`` just below
+    ``+0``); applied twice it restores them.
+
+    Floats are sign and magnitude, so read as integers the non-negative values already
+    order correctly and the negative ones backwards: flipping the magnitude bits of the
+    negative ones fixes that. Integer compares and sorts run several times faster than
+    float ones on CPUs. ``scratch`` (same dtype and shape) avoids a temporary.
+    """
+    flip = torch.bitwise_right_shift(bits, bits.element_size() * 8 - 1, out=scratch)
+    return bits.bitwise_xor_(flip.bitwise_and_(torch.iinfo(bits.dtype).max))
+
+
 def _order_preserving_bits(values: torch.Tensor) -> torch.Tensor:
     """float32 -> int64 in [0, 2**32) with the same order; equal floats (0.0, -0.0) equal."""
-    bits = (values + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into 0.0
-    # Non-negative floats order like their bit patterns; negative ones in reverse.
-    return torch.where(bits >= 0, bits + (1 << 31), (1 << 31) - 1 - (bits & 0x7FFFFFFF))
+    bits = order_keys_((values + 0.0).view(torch.int32))  # + 0.0: -0.0 becomes 0.0, a copy
+    return bits.to(torch.int64) + (1 << 31)
 
 
 def _row_keys(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
